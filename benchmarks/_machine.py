@@ -1,0 +1,28 @@
+"""A header describing the machine a benchmark ran on (shared by the bench_* scripts)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import torch
+
+
+def describe_machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f"{pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory = "RAM unknown"
+    return (
+        f"# {datetime.date.today().isoformat()} | {cpu} | {os.cpu_count()} cores | {memory} | "
+        f"Python {platform.python_version()} | torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )

@@ -1,0 +1,169 @@
+"""Spiking checkpoints: a directory that restores a converted model exactly.
+
+    DIR/config.json         the source model's config (Hugging Face style)
+    DIR/spikelm.json        format, version, SpikeConfig, the converted layers and their shapes
+    DIR/model.safetensors   every tensor: int8 weight codes, scales, divisors, thresholds, and the
+                            layers kept dense (embeddings, norms, lm_head, recurrences)
+    DIR/tokenizer*          the source tokenizer's files, when it had one
+
+The directory is written beside its target and renamed into place (``spikelm.fileio``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from spikelm.config import SpikeConfig
+from spikelm.convert import _set_submodule, spiking_layers
+from spikelm.errors import CheckpointError, ConfigError, SpikelmError
+from spikelm.fileio import atomic_directory, check_safetensors_file
+from spikelm.layers import SpikingLinear
+
+FORMAT = "spikelm.checkpoint"
+VERSION = 1
+MANIFEST = "spikelm.json"
+WEIGHTS = "model.safetensors"
+
+
+def _source_kind(model: nn.Module) -> str:
+    from spikelm.models import HybridLM
+
+    if isinstance(model, HybridLM):
+        return "spikelm_hybrid"
+    if type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
+        return "transformers"
+    return "module"
+
+
+def save(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write the converted ``model`` (and its tokenizer) to ``directory``, atomically."""
+    config: SpikeConfig | None = getattr(model, "_spikelm_config", None)
+    layers = spiking_layers(model)
+    if config is None or not layers:
+        raise ConfigError("save() needs a model converted by spikelm (no SpikingLinear found)")
+    kind = _source_kind(model)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": kind,
+        "spike_config": config.to_dict(),
+        "layers": {
+            name: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
+            for name, m in layers.items()
+        },
+        "metadata": metadata or {},
+    }
+    target = Path(directory)
+    try:
+        with atomic_directory(target) as staging:
+            if kind == "transformers":
+                model.config.save_pretrained(staging)
+            elif kind == "spikelm_hybrid":
+                (staging / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})
+            if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(staging)
+    except OSError as error:
+        raise SpikelmError(f"{target}: cannot write spiking checkpoint ({error})") from error
+    return target
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked ``spikelm.json`` of a spiking checkpoint directory."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise SpikelmError(f"{path}: no such checkpoint directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise SpikelmError(f"{path}: not a spiking checkpoint (no {MANIFEST}); convert it first")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SpikelmError(f"{manifest_path}: unreadable ({error})") from error
+    if manifest.get("format") != FORMAT:
+        raise SpikelmError(f"{manifest_path}: not a spikelm checkpoint manifest")
+    if manifest.get("version") != VERSION:
+        raise SpikelmError(
+            f"{manifest_path}: checkpoint version {manifest.get('version')!r}; "
+            f"this spikelm reads version {VERSION}"
+        )
+    return manifest
+
+
+def _skeleton(path: Path, kind: str) -> tuple[nn.Module, Any]:
+    if kind == "spikelm_hybrid":
+        from spikelm.models import ByteTokenizer, HybridConfig, HybridLM
+
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return HybridLM(HybridConfig.from_dict(data)), ByteTokenizer()
+    if kind == "transformers":
+        from spikelm.hf import load_tokenizer, model_from_config
+
+        return model_from_config(path), load_tokenizer(path)
+    raise ConfigError(
+        f"{path}: the checkpoint holds a plain nn.Module; pass the architecture: load(dir, model=...)"
+    )
+
+
+def load(
+    directory: str | os.PathLike[str],
+    *,
+    model: nn.Module | None = None,
+    backend: str = "torch",
+    with_tokenizer: bool = False,
+) -> nn.Module | tuple[nn.Module, Any]:
+    """Restore a converted model from ``directory``; its outputs equal the saved model's.
+
+    ``model`` supplies the architecture for checkpoints of plain modules. With
+    ``with_tokenizer=True`` returns ``(model, tokenizer_or_None)``.
+    """
+    path = Path(directory)
+    manifest = read_manifest(path)
+    config = SpikeConfig.from_dict(manifest["spike_config"])
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file")
+    check_safetensors_file(weights)  # truncated / corrupt: one line naming the file
+    tokenizer = None
+    if model is None:
+        model, tokenizer = _skeleton(path, manifest["source"])
+    for name, shape in manifest["layers"].items():
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise SpikelmError(
+                f"{path}: the model has no layer {name!r} recorded in {MANIFEST}"
+            ) from None
+        layer = SpikingLinear(
+            shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
+        )
+        _set_submodule(model, name, layer)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as error:  # safetensors' own errors for corrupt files, shape mismatches
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{weights}: cannot load ({message})") from error
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: tensors do not match the model (missing: {sorted(missing)[:5]}, "
+            f"unexpected: {sorted(unexpected)[:5]})"
+        )
+    model._spikelm_config = config
+    model.eval()
+    return (model, tokenizer) if with_tokenizer else model
+
+
+__all__ = ["load", "read_manifest", "save"]

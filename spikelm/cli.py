@@ -1,0 +1,242 @@
+"""The ``spikelm`` command line: argparse sub-commands; the only module that prints for a person.
+
+Errors a user can cause print one line, ``spikelm: error: ...``, and exit 1; an unexpected
+failure prints one line too and exits 3. ``--debug`` re-raises, showing the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from spikelm import __version__
+from spikelm.errors import SpikelmError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parse_token_range(text: str) -> slice:
+    """``"a:b"``, ``"a:"`` or ``":b"`` -> ``slice(a, b)`` of tokens."""
+    start, sep, stop = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"token range must look like A:B, got {text!r}")
+    try:
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"token range must hold integers, got {text!r}") from None
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from spikelm.spikes import SpikeReader
+
+    with SpikeReader(args.file) as reader:
+        print(f"{args.file}: spikelm spike recording, format version {reader.attrs['version']}")
+        print(f"{'layer':<32} {'neurons':>8} {'T':>4} {'tokens':>8} {'events':>12} {'rate':>8}")
+        for layer in reader.layers:
+            info = reader.info(layer)
+            slots = info.n_tokens * info.steps * info.n_neurons
+            rate = info.n_events / slots if slots else 0.0
+            print(
+                f"{layer:<32} {info.n_neurons:>8} {info.steps:>4} {info.n_tokens:>8} "
+                f"{info.n_events:>12} {rate:>8.4f}"
+            )
+    return 0
+
+
+def _cmd_raster(args: argparse.Namespace) -> int:
+    from spikelm.plot import raster
+    from spikelm.spikes import SpikeReader
+
+    with SpikeReader(args.file) as reader:
+        layers = args.layer or list(reader.layers)
+        trains = {}
+        for layer in layers:
+            train = reader.read(layer, tokens=args.tokens)
+            dense = train.to_dense()  # [tokens, T, N]
+            trains[layer] = dense.reshape(-1, dense.shape[-1])
+    path = raster(trains, args.out, title=f"{args.file}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _fidelity_table(result) -> str:
+    """The fidelity table of a conversion, as text."""
+    header = (
+        f"{'model':<18} {'ppl':>9} {'d ppl':>8} {'top-1':>7} {'cos':>7} "
+        f"{'fire rate':>9} {'silent':>7} {'spk/ch':>7} {'steps':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    ann = result.scores[0].perplexity
+    for score in result.scores:
+        stats = score.stats
+        firing = (
+            f"{stats.firing_rate:>9.4f} {stats.silent_share:>7.3f} "
+            f"{stats.spikes_per_channel:>7.3f} {stats.steps_used:>2}/{stats.steps:<2}"
+            if stats
+            else f"{'-':>9} {'-':>7} {'-':>7} {'-':>5}"
+        )
+        lines.append(
+            f"{score.name:<18} {score.perplexity:>9.4f} {100 * (score.perplexity / ann - 1):>+7.2f}% "
+            f"{score.top1_agreement:>7.4f} {score.logit_cosine:>7.4f} {firing}"
+        )
+    config = result.config
+    lines.append(
+        f"coding={config.coding} T={config.steps} k={config.k} threshold={config.threshold} "
+        f"weights=int{config.weight_bits}/group {config.group_size}; "
+        f"{result.eval_tokens} eval tokens, {result.calib_tokens} calibration tokens"
+    )
+    return "\n".join(lines)
+
+
+def _spike_config(args: argparse.Namespace):
+    from spikelm.config import SpikeConfig
+
+    keep = tuple(args.keep_dense) if args.keep_dense else SpikeConfig().keep_dense
+    return SpikeConfig(
+        coding=args.coding,
+        steps=args.steps,
+        k=args.k,
+        threshold=args.threshold,
+        rule=args.rule,
+        percentile=args.percentile,
+        weight_bits=args.weight_bits,
+        group_size=None if args.group_size == 0 else args.group_size,
+        smooth_alpha=args.smooth_alpha,
+        keep_dense=keep,
+    )
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from spikelm.workflow import convert_model, load_source, token_ids
+
+    config = _spike_config(args)
+    model, tokenizer = load_source(args.src)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    calib = token_ids(
+        tokenizer, text_file=args.calib, ids_file=args.calib_ids, source=args.src, what="calib",
+        vocab_size=vocab,
+    )
+    evaluation = token_ids(
+        tokenizer, text_file=args.eval, ids_file=args.eval_ids, source=args.src, what="eval",
+        vocab_size=vocab,
+    )
+    result = convert_model(
+        model,
+        config,
+        args.out,
+        tokenizer=tokenizer,
+        calib_ids=calib,
+        eval_ids=evaluation,
+        seq_len=args.seq_len,
+        calib_windows=args.calib_windows,
+        eval_windows=args.eval_windows,
+    )
+    if result.scores:
+        print(_fidelity_table(result))
+    print(f"spiking checkpoint written to {result.out_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spikelm.workflow import demo
+
+    print("converting the built-in demo model (SpikingBrain recipe: bitwise-bidirectional, T=8, k=3)")
+    result = demo(args.out)
+    print(_fidelity_table(result))
+    print(f"spiking checkpoint written to {result.out_dir}")
+    return 0
+
+
+def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
+    from spikelm.encoders import CODERS
+
+    group = parser.add_argument_group("spiking configuration")
+    group.add_argument("--coding", default="bitwise_bidirectional", choices=sorted(CODERS))
+    group.add_argument("--steps", type=int, default=8, help="time steps T (default 8)")
+    group.add_argument("--k", type=float, default=3.0, help="threshold divisor k (default 3)")
+    group.add_argument(
+        "--threshold", default="dynamic", choices=["dynamic", "static_tensor", "static_channel"]
+    )
+    group.add_argument("--rule", default="mean_abs", choices=["mean_abs", "percentile", "max"])
+    group.add_argument("--percentile", type=float, default=99.9)
+    group.add_argument("--weight-bits", type=int, default=8)
+    group.add_argument("--group-size", type=int, default=128, help="0 = one scale per row")
+    group.add_argument("--smooth-alpha", type=float, default=None, help="outlier migration strength")
+    group.add_argument("--keep-dense", action="append", help="layer pattern kept dense (repeatable)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--calib", help="calibration text file")
+    data.add_argument("--calib-ids", help="calibration token ids (.npy or text of integers)")
+    data.add_argument("--eval", help="evaluation text file (prints the fidelity table)")
+    data.add_argument("--eval-ids", help="evaluation token ids (.npy or text of integers)")
+    data.add_argument("--seq-len", type=int, default=256)
+    data.add_argument("--calib-windows", type=int, default=32)
+    data.add_argument("--eval-windows", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikelm",
+        description="Turn language models into spiking neural networks; run, measure, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"spikelm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="convert the built-in model and print its fidelity")
+    demo.add_argument("--out", default="spikelm-demo-out", help="checkpoint directory to write")
+    demo.set_defaults(handler=_cmd_demo)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint to spiking form")
+    convert.add_argument("src", help="model directory (spikelm or Hugging Face) or hub id")
+    convert.add_argument("--out", required=True, help="spiking checkpoint directory to write")
+    _add_conversion_options(convert)
+    convert.set_defaults(handler=_cmd_convert)
+
+    info = commands.add_parser("info", help="summarise a spike recording (HDF5)")
+    info.add_argument("file", help="spike recording written by spikelm (.h5)")
+    info.set_defaults(handler=_cmd_info)
+
+    raster = commands.add_parser("raster", help="draw a time x neuron raster of a recording (PNG)")
+    raster.add_argument("file", help="spike recording written by spikelm (.h5)")
+    raster.add_argument("--layer", action="append", help="layer to draw (repeatable; default all)")
+    raster.add_argument(
+        "--tokens", type=_parse_token_range, default=slice(0, 1), help="token range A:B (default 0:1)"
+    )
+    raster.add_argument("--out", required=True, help="PNG file to write")
+    raster.set_defaults(handler=_cmd_raster)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("spikelm: interrupted", file=sys.stderr)
+        return 130
+    except SpikelmError as error:
+        if args.debug:
+            raise
+        print(f"spikelm: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as error:  # noqa: BLE001 - the CLI's promise is one line, not a traceback
+        if args.debug:
+            raise
+        print(
+            f"spikelm: internal error: {type(error).__name__}: {error} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``SpikeConfig``: every choice a conversion makes, in one serialisable object."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from spikelm.encoders import CODERS, get_coder
+from spikelm.errors import ConfigError
+
+ThresholdMode = Literal["dynamic", "static_tensor", "static_channel"]
+ThresholdRule = Literal["mean_abs", "percentile", "max"]
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """How to turn a model's linear layers into spiking ones.
+
+    Attributes:
+        coding: exact spike coder name (see ``spikelm.CODERS``).
+        steps: time steps ``T`` of a spike train; with the coding it fixes the count range.
+        k: threshold divisor of the dynamic rule ``V_th = mean|x| / k`` and of ``mean_abs``.
+        threshold: ``dynamic`` (per token, SpikingBrain's rule), or calibrated constants
+            ``static_tensor`` (one per layer) or ``static_channel`` (one per input channel).
+        rule: how static thresholds come from calibration data: ``mean_abs`` (``mean|x| / k``),
+            ``percentile`` (the ``percentile``-th |x| maps to the top count) or ``max``.
+        percentile: percentile for ``rule="percentile"``, in (0, 100].
+        weight_bits: bits of the symmetric integer weights (2..8).
+        group_size: input channels sharing one weight scale; ``None`` = one scale per row.
+        smooth_alpha: ``None`` for no channel rescaling, else the strength of outlier migration:
+            ``x_j / d_j`` into the neuron and ``W[:, j] * d_j`` into the weights with
+            ``d_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (normalised to geometric mean 1).
+            ``alpha = 0`` spends spikes where the weights are large (weight-aware thresholds).
+        keep_dense: ``fnmatch`` patterns of qualified layer names left floating point.
+        include: patterns a layer must match to be converted (default: every ``nn.Linear``).
+        max_calib_rows: activation rows kept per layer (a seeded reservoir) for percentiles.
+        seed: seed of the calibration reservoir.
+    """
+
+    coding: str = "bitwise_bidirectional"
+    steps: int = 8
+    k: float = 3.0
+    threshold: ThresholdMode = "dynamic"
+    rule: ThresholdRule = "mean_abs"
+    percentile: float = 99.9
+    weight_bits: int = 8
+    group_size: int | None = 128
+    smooth_alpha: float | None = None
+    keep_dense: tuple[str, ...] = ("lm_head", "*.lm_head", "head")
+    include: tuple[str, ...] = ("*",)
+    max_calib_rows: int = 4096
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_coder(self.coding)
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 62:
+            raise ConfigError(f"steps must be an integer in [1, 62], got {self.steps!r}")
+        if not (isinstance(self.k, (int, float)) and math.isfinite(self.k) and self.k > 0):
+            raise ConfigError(f"k must be a positive number, got {self.k!r}")
+        if self.threshold not in ("dynamic", "static_tensor", "static_channel"):
+            raise ConfigError(
+                f"threshold must be dynamic, static_tensor or static_channel, got {self.threshold!r}"
+            )
+        if self.rule not in ("mean_abs", "percentile", "max"):
+            raise ConfigError(f"rule must be mean_abs, percentile or max, got {self.rule!r}")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
+            raise ConfigError(f"weight_bits must be an integer in [2, 8], got {self.weight_bits!r}")
+        if self.group_size is not None and (
+            not isinstance(self.group_size, int) or self.group_size < 1
+        ):
+            raise ConfigError(f"group_size must be a positive integer or None, got {self.group_size!r}")
+        if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
+            raise ConfigError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
+        object.__setattr__(self, "keep_dense", tuple(self.keep_dense))
+        object.__setattr__(self, "include", tuple(self.include))
+
+    @property
+    def count_range(self) -> tuple[int, int]:
+        """Counts the coding holds in ``steps`` steps; the neurons clamp to it."""
+        return get_coder(self.coding).count_range(self.steps)
+
+    def replace(self, **changes: Any) -> SpikeConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["keep_dense"] = list(self.keep_dense)
+        data["include"] = list(self.include)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpikeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown SpikeConfig fields: {', '.join(unknown)}")
+        values = dict(data)
+        for key in ("keep_dense", "include"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+__all__ = ["CODERS", "SpikeConfig"]

@@ -1,0 +1,123 @@
+"""prepare -> calibrate -> convert, over any ``nn.Module`` built of ``nn.Linear`` layers.
+
+    model = prepare(model, SpikeConfig(...))     # observers on the inputs of target layers
+    calibrate(model, batches)                     # run calibration data through it
+    model = convert(model)                        # each target nn.Linear -> SpikingLinear
+
+Conversion goes layer by layer: each float weight is quantized and released before the next, so
+peak memory stays near the model's own size. ``spiking(model, config, batches)`` does all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikelm.calibrate import (
+    _default_run,
+    calibrate,
+    channel_divisor,
+    detach_observers,
+    prepare,
+    static_threshold,
+)
+from spikelm.config import SpikeConfig
+from spikelm.errors import ConfigError
+from spikelm.layers import SpikingLinear
+from spikelm.quant import W8A8Linear, quantize_weight
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` layers ``config`` converts, by qualified name, in module order."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and _matches(name, config.include)
+        and not _matches(name, config.keep_dense)
+    }
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+@torch.no_grad()
+def spiking_layer(
+    linear: nn.Linear, config: SpikeConfig, name: str, observer=None, backend: str = "torch"
+) -> SpikingLinear:
+    """A ``SpikingLinear`` computing what ``linear`` does, from spikes and int weights."""
+    divisor = channel_divisor(observer, linear.weight, config)
+    layer = SpikingLinear(
+        linear.in_features,
+        linear.out_features,
+        config,
+        bias=linear.bias is not None,
+        backend=backend,
+        name=name,
+    )
+    weight_q, scale = quantize_weight(
+        linear.weight.to(torch.float32) * divisor, config.weight_bits, config.group_size
+    )
+    layer.weight_q.copy_(weight_q)
+    layer.weight_scale.copy_(scale)
+    layer.input_divisor.copy_(divisor)
+    if config.threshold == "static_tensor":
+        layer.threshold.copy_(static_threshold(observer, divisor, config, per_channel=False))
+    if linear.bias is not None:
+        layer.bias.copy_(linear.bias.to(torch.float32))
+    return layer.to(linear.weight.device)
+
+
+def convert(model: nn.Module, *, backend: str = "torch") -> nn.Module:
+    """Replace every layer ``prepare`` marked with a ``SpikingLinear``, in place; returns ``model``."""
+    config: SpikeConfig | None = getattr(model, "_spikelm_config", None)
+    if config is None:
+        raise ConfigError("convert() needs a model returned by prepare() (and calibrate())")
+    observers = detach_observers(model)
+    for name, linear in target_linears(model, config).items():
+        _set_submodule(model, name, spiking_layer(linear, config, name, observers.get(name), backend))
+        del linear
+    return model
+
+
+def spiking(
+    model: nn.Module,
+    config: SpikeConfig,
+    batches: Iterable[Any],
+    run: Callable[[nn.Module, Any], Any] = _default_run,
+    *,
+    progress: bool = True,
+    backend: str = "torch",
+) -> nn.Module:
+    """prepare, calibrate and convert in one call."""
+    prepare(model, config)
+    try:
+        calibrate(model, batches, run, progress=progress)
+    except BaseException:
+        detach_observers(model)
+        raise
+    return convert(model, backend=backend)
+
+
+def spiking_layers(model: nn.Module) -> dict[str, SpikingLinear]:
+    """Every ``SpikingLinear`` of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+
+
+@torch.no_grad()
+def w8a8(model: nn.Module, config: SpikeConfig) -> nn.Module:
+    """The W8A8 fake-quant baseline of the same layers ``config`` would spike, in place."""
+    for name, linear in target_linears(model, config).items():
+        quantized = W8A8Linear(linear, config.weight_bits, config.group_size)
+        _set_submodule(model, name, quantized.to(linear.weight.device))
+    return model

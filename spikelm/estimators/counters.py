@@ -1,0 +1,94 @@
+"""Firing statistics of a spiking layer, accumulated over the tokens it has seen.
+
+For counts ``s_int[m, c]`` over ``M`` tokens and ``C`` channels, coded over ``T`` steps:
+
+    events            = sum_{m,c} e(s_int[m, c])        (e: spikes the coder fires for a count)
+    spikes / channel  = events / (M C)
+    firing rate       = events / (M C T),      sparsity = 1 - firing rate
+    silent share      = #{s_int = 0} / (M C)
+    clipped share     = #{s_int at the coding range's edge} / (M C)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from spikelm.encoders import SpikeCoder
+
+HISTOGRAM_BINS = 65  # |s_int| = 0 .. 63, and 64+ in the last bin
+
+
+@dataclass
+class SpikeStats:
+    """Running spike counts of one layer (or of several, pooled with :meth:`merge`)."""
+
+    steps: int
+    tokens: int = 0
+    slots: int = 0  # token-channel pairs seen, M * C
+    events: int = 0
+    silent: int = 0
+    clipped: int = 0
+    steps_used: int = 0
+    histogram: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(HISTOGRAM_BINS, dtype=torch.int64)
+    )
+
+    def update(self, counts: torch.Tensor, coder: SpikeCoder) -> None:
+        """Add a batch of integer-valued counts ``[M, C]``."""
+        ints = counts.detach().to(torch.int64)
+        lo, hi = coder.count_range(self.steps)
+        self.tokens += ints.shape[0]
+        self.slots += ints.numel()
+        self.events += int(coder.events(ints, self.steps).sum())
+        self.silent += int((ints == 0).sum())
+        self.clipped += int((ints == hi).sum()) + (int((ints == lo).sum()) if lo < 0 else 0)
+        if ints.numel():
+            self.steps_used = max(self.steps_used, int(coder.steps_needed(ints).max()))
+        magnitude = ints.abs().clamp(max=HISTOGRAM_BINS - 1).flatten().cpu()
+        self.histogram += torch.bincount(magnitude, minlength=HISTOGRAM_BINS)
+
+    def merge(self, other: SpikeStats) -> SpikeStats:
+        """Pooled statistics of two layers (or two runs) with the same step count."""
+        return SpikeStats(
+            steps=self.steps,
+            tokens=max(self.tokens, other.tokens),
+            slots=self.slots + other.slots,
+            events=self.events + other.events,
+            silent=self.silent + other.silent,
+            clipped=self.clipped + other.clipped,
+            steps_used=max(self.steps_used, other.steps_used),
+            histogram=self.histogram + other.histogram,
+        )
+
+    @property
+    def spikes_per_channel(self) -> float:
+        return self.events / self.slots if self.slots else 0.0
+
+    @property
+    def firing_rate(self) -> float:
+        return self.spikes_per_channel / self.steps
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.firing_rate
+
+    @property
+    def silent_share(self) -> float:
+        return self.silent / self.slots if self.slots else 0.0
+
+    @property
+    def clipped_share(self) -> float:
+        return self.clipped / self.slots if self.slots else 0.0
+
+
+def summarize(stats: Iterable[SpikeStats]) -> SpikeStats:
+    """All layers pooled, weighting each by its token-channel slots."""
+    total: SpikeStats | None = None
+    for item in stats:
+        total = item if total is None else total.merge(item)
+    if total is None:
+        raise ValueError("no spiking layers recorded any statistics")
+    return total

@@ -1,0 +1,122 @@
+"""File plumbing shared by the package: atomic writes and safetensors validation.
+
+Atomic writes build output beside its target, then rename it into place in one step. An
+interrupted or failed write leaves the target as it was (absent, or the old version) and no
+partial file that looks complete; temporaries are named ``.<name>.partial-*`` and removed.
+
+:func:`check_safetensors_file` validates a safetensors file before anything loads it, so that a
+truncated or corrupt file ends in one line naming the file and the problem. This module imports
+no ``transformers``: :mod:`spikelm.checkpoint` uses it as well as :mod:`spikelm.hf`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from safetensors import safe_open
+
+from spikelm.errors import CheckpointError
+
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` (a directory) when the block succeeds."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target}: exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path that replaces ``path`` when the block succeeds."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"{target.parent}: directory does not exist")
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def check_safetensors_file(file: str | os.PathLike[str]) -> None:
+    """Raise :class:`~spikelm.errors.CheckpointError` unless ``file`` is a complete safetensors file.
+
+    The header (8-byte little-endian length + JSON) must parse, the file size must equal the end
+    of the last tensor's data (truncation and trailing bytes are reported as such), and
+    ``safetensors.safe_open`` must accept it (it checks dtypes, shapes against offsets, overlaps).
+    """
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{file}: corrupt safetensors header (file is {size} bytes)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(_MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(
+                    f"{file}: corrupt safetensors header (header length {header_len} "
+                    f"does not fit in a {size}-byte file)"
+                )
+            raw_header = fh.read(header_len)
+    except OSError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{file}: cannot read safetensors file: {_one_line(exc)}") from exc
+    try:
+        header = json.loads(raw_header)
+        data_end = max(
+            (
+                int(entry["data_offsets"][1])
+                for key, entry in header.items()
+                if key != "__metadata__"
+            ),
+            default=0,
+        )
+    except (ValueError, AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file}: corrupt safetensors header: {_one_line(exc)}") from exc
+    expected = 8 + header_len + data_end
+    if size < expected:
+        raise CheckpointError(f"{file}: truncated safetensors file ({size} of {expected} bytes)")
+    if size > expected:
+        raise CheckpointError(
+            f"{file}: corrupt safetensors file ({size - expected} bytes after the last tensor)"
+        )
+    try:
+        with safe_open(file, framework="pt"):
+            pass
+    except Exception as exc:  # safetensors raises its own SafetensorError and plain OSError
+        raise CheckpointError(f"{file}: corrupt safetensors file: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (whitespace collapsed, cut to ``limit`` characters)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

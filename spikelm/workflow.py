@@ -1,0 +1,160 @@
+"""End-to-end jobs behind the CLI: load a source model, convert it, score it, save it.
+
+Nothing here prints; the CLI formats what these functions return.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikelm.checkpoint import save
+from spikelm.config import SpikeConfig
+from spikelm.calibrate import prepare
+from spikelm.convert import convert, spiking, w8a8
+from spikelm.errors import ConfigError, SpikelmError
+from spikelm.fidelity import Score, compare, token_batches
+
+HYBRID_TYPE = "spikelm_hybrid"
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion produced: the checkpoint directory and, if evaluated, the scores."""
+
+    out_dir: Path
+    config: SpikeConfig
+    scores: list[Score] | None
+    eval_tokens: int
+    calib_tokens: int
+
+
+def load_source(src: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer or None)`` from a spikelm hybrid directory, an HF directory or hub id."""
+    path = Path(src).expanduser()
+    if (path / "spikelm.json").is_file():
+        raise ConfigError(f"{path}: already a spiking checkpoint; convert its source model")
+    config_file = path / "config.json"
+    if config_file.is_file():
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            raise SpikelmError(f"{config_file}: unreadable model config ({error})") from error
+        if model_type == HYBRID_TYPE:
+            from spikelm.models import ByteTokenizer, HybridLM
+
+            return HybridLM.from_pretrained(path).eval(), ByteTokenizer()
+    try:
+        from spikelm.hf import load_causal_lm
+    except ImportError as error:
+        raise ConfigError(
+            f"{src}: loading Hugging Face checkpoints needs transformers: pip install 'spikelm[hf]'"
+        ) from error
+    return load_causal_lm(src)
+
+
+def token_ids(
+    tokenizer: Any,
+    *,
+    text_file: str | None,
+    ids_file: str | None,
+    source: str,
+    what: str,
+    vocab_size: int | None = None,
+) -> torch.Tensor | None:
+    """1-D token ids from a text file (through the tokenizer) or an ids file; ``None`` if neither."""
+    if ids_file is not None:
+        from spikelm.hf import load_token_ids
+
+        return torch.cat(load_token_ids(ids_file, vocab_size=vocab_size))
+    if text_file is None:
+        return None
+    path = Path(text_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read {what} text ({error})") from error
+    if tokenizer is None:
+        raise ConfigError(
+            f"{source} has no tokenizer; pass token ids with --{what}-ids FILE "
+            "(.npy, or a text file of whitespace-separated integers)"
+        )
+    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+
+
+def convert_model(
+    model: nn.Module,
+    config: SpikeConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    calib_ids: torch.Tensor | None,
+    eval_ids: torch.Tensor | None,
+    seq_len: int = 256,
+    calib_windows: int = 32,
+    eval_windows: int | None = None,
+    progress: bool = True,
+) -> ConversionResult:
+    """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save."""
+    calib = _windows(calib_ids, seq_len, calib_windows, "calibration")
+    needs_calibration = config.threshold != "dynamic" or config.smooth_alpha is not None
+    if calib is None and needs_calibration:
+        raise ConfigError(
+            f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} need calibration "
+            "data: pass --calib FILE or --calib-ids FILE"
+        )
+    evaluation = _windows(eval_ids, seq_len, eval_windows, "evaluation")
+    reference = copy.deepcopy(model) if evaluation is not None else None
+    if calib is None:  # SpikingBrain's dynamic rule needs no calibration data
+        spiking_model = convert(prepare(model, config))
+    else:
+        spiking_model = spiking(model, config, calib, progress=progress)
+    scores = None
+    if evaluation is not None:
+        baseline = w8a8(copy.deepcopy(reference), config)
+        scores = compare(reference, {"W8A8 fake-quant": baseline, "spiking": spiking_model}, evaluation)
+    target = save(spiking_model, out_dir, tokenizer=tokenizer)
+    return ConversionResult(
+        target,
+        config,
+        scores,
+        eval_tokens=sum(b.numel() for b in evaluation or []),
+        calib_tokens=sum(b.numel() for b in calib or []),
+    )
+
+
+def _windows(
+    ids: torch.Tensor | None, seq_len: int, max_windows: int | None, what: str
+) -> list[torch.Tensor] | None:
+    if ids is None:
+        return None
+    batches = token_batches(ids, seq_len, batch_size=4, max_windows=max_windows)
+    if not batches:
+        raise ConfigError(
+            f"the {what} set is empty: it needs at least {seq_len} tokens (got {ids.numel()})"
+        )
+    return batches
+
+
+def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> ConversionResult:
+    """Convert the built-in demo model with SpikingBrain's recipe and score it on its eval split."""
+    from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts
+
+    tokenizer = ByteTokenizer()
+    calib_text, eval_text = load_demo_texts()
+    return convert_model(
+        load_demo_model(),
+        SpikeConfig(),
+        out_dir,
+        tokenizer=tokenizer,
+        calib_ids=torch.tensor(tokenizer.encode(calib_text)),
+        eval_ids=torch.tensor(tokenizer.encode(eval_text)),
+        progress=progress,
+    )

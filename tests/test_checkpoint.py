@@ -1,0 +1,88 @@
+"""Spiking checkpoints: save -> load gives identical outputs; bad directories give one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import spikelm
+from spikelm.errors import SpikelmError
+from spikelm.layers import SpikingLinear
+from spikelm.models import HybridConfig, HybridLM
+
+CONFIG = HybridConfig(
+    vocab_size=256,
+    hidden_size=64,
+    n_layers=2,
+    n_heads=2,
+    head_dim=32,
+    intermediate_size=128,
+    window=8,
+    layer_types=["gla", "swa"],
+)
+
+
+def _ids(seed: int, length: int = 48) -> torch.Tensor:
+    return torch.randint(0, 256, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def converted():
+    torch.manual_seed(0)
+    model = HybridLM(CONFIG).eval()
+    config = spikelm.SpikeConfig(threshold="static_channel", group_size=32)
+    return spikelm.spiking(model, config, [_ids(i) for i in range(2)], progress=False)
+
+
+def test_round_trip_gives_identical_logits(converted, tmp_path) -> None:
+    out = spikelm.save(converted, tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "spikelm.json"]
+    restored, tokenizer = spikelm.load(out, with_tokenizer=True)
+    assert tokenizer is not None and tokenizer.decode(tokenizer.encode("héllo")) == "héllo"
+    ids = _ids(9)
+    with torch.no_grad():
+        assert torch.equal(restored(ids), converted(ids))
+    manifest = json.loads((out / "spikelm.json").read_text())
+    assert manifest["spike_config"]["threshold"] == "static_channel"
+    spiking_names = {n for n, m in restored.named_modules() if isinstance(m, SpikingLinear)}
+    linears = {n for n, m in HybridLM(CONFIG).named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(manifest["layers"]) == spiking_names == linears - {"lm_head"}
+
+
+def test_saving_over_an_existing_checkpoint_replaces_it_whole(converted, tmp_path) -> None:
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    spikelm.save(converted, target)
+    assert not (target / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporaries left
+
+
+def test_not_a_spiking_checkpoint(tmp_path) -> None:
+    HybridLM(CONFIG).save_pretrained(tmp_path / "ann")
+    with pytest.raises(SpikelmError, match="not a spiking checkpoint"):
+        spikelm.load(tmp_path / "ann")
+    with pytest.raises(SpikelmError, match="no such checkpoint directory"):
+        spikelm.load(tmp_path / "missing")
+
+
+def test_truncated_weights_and_wrong_version(converted, tmp_path) -> None:
+    out = spikelm.save(converted, tmp_path / "ckpt")
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpikelmError, match="model.safetensors"):
+        spikelm.load(out)
+    manifest = json.loads((out / "spikelm.json").read_text())
+    manifest["version"] = 99
+    (out / "spikelm.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpikelmError, match="version 99"):
+        spikelm.load(out)
+
+
+def test_unconverted_model_cannot_be_saved(tmp_path) -> None:
+    with pytest.raises(SpikelmError, match="converted"):
+        spikelm.save(HybridLM(CONFIG), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
