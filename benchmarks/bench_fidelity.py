@@ -64,7 +64,7 @@ def sweep(args: argparse.Namespace) -> tuple[float, dict[str, list[tuple[float, 
 def spikes_at_budget(points: list[tuple[float, float, float, float]], limit: float) -> float | None:
     """Fewest spikes/channel with ppl <= limit, interpolating linearly along the sweep."""
     ordered = sorted(points, key=lambda p: p[2])
-    for (_, p0, s0, _), (_, p1, s1, _) in zip(ordered, ordered[1:]):
+    for (_, p0, s0, _), (_, p1, s1, _) in zip(ordered, ordered[1:], strict=False):
         if p0 <= limit:
             return s0
         if p1 <= limit:

@@ -22,10 +22,10 @@ import re
 import sys
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import torch
 import torch.nn.functional as F
-from pydoc_data.topics import topics
 
 from spikelm.models import ByteTokenizer, HybridConfig, HybridLM, perplexity
 
@@ -77,7 +77,9 @@ def train(
     log = []
     start = time.time()
     for step in range(args.steps):
-        offsets = torch.randint(0, data.numel() - args.seq_len - 1, (args.batch_size,), generator=gen)
+        offsets = torch.randint(
+            0, data.numel() - args.seq_len - 1, (args.batch_size,), generator=gen
+        )
         window = torch.stack([data[o : o + args.seq_len + 1] for o in offsets.tolist()])
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
@@ -122,8 +124,11 @@ attention and sliding-window attention layers alternating) trained by
 {n_params} parameters (float32), `model.safetensors` {weights_kb:.0f} KB.
 
 ## Training
+`{command}`
+
 AdamW (betas 0.9/0.95, weight decay {weight_decay} on matrices), peak lr {lr}, {warmup} warm-up
-steps then cosine decay to {min_lr_ratio} x peak, gradient clip {clip}; {steps} steps of
+steps then cosine decay to {min_lr_ratio} x peak, gradient clip {clip}, dropout {dropout} on the
+residual branches; {steps} steps of
 {batch_size} random windows of {seq_len_plus} bytes ({tokens_m:.1f} M tokens, about {epochs:.1f}
 passes over the training split); seed {seed}; torch {torch_version}, {threads} CPU threads.
 Wall time: {train_minutes:.1f} min on {cpu}.
@@ -166,7 +171,9 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--intermediate-size", type=int, default=256)
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.1)
     args = parser.parse_args()
+    command = "python examples/train_demo_model.py " + " ".join(sys.argv[1:])
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -186,6 +193,7 @@ def main() -> None:
         head_dim=args.head_dim,
         intermediate_size=args.intermediate_size,
         window=args.window,
+        dropout=args.dropout,
     )
     model = HybridLM(config)
     print(f"{model.num_parameters()} parameters")
@@ -225,12 +233,14 @@ def main() -> None:
         warmup=args.warmup,
         min_lr_ratio=args.min_lr_ratio,
         clip=args.clip,
+        dropout=args.dropout,
         steps=args.steps,
         batch_size=args.batch_size,
         seq_len_plus=args.seq_len + 1,
         tokens_m=tokens / 1e6,
         epochs=tokens / train_ids.numel(),
         seed=args.seed,
+        command=command,
         torch_version=torch.__version__,
         threads=args.threads,
         train_minutes=train_minutes,

@@ -108,7 +108,9 @@ def calibrate(
         raise ConfigError("the calibration set is empty: give at least one text or token batch")
     was_training = model.training
     model.eval()
-    for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+    # disable=None draws the bar only on a terminal, so logs and pipes get no bar lines
+    bar = tqdm(batches, desc="calibrating", unit="batch", disable=None if progress else True)
+    for batch in bar:
         run(model, batch)
     model.train(was_training)
     return model

@@ -36,6 +36,8 @@ def token_batches(
     count = ids.numel() // seq_len
     if max_windows is not None:
         count = min(count, max_windows)
+    if count == 0:
+        return []
     windows = ids[: count * seq_len].view(count, seq_len)
     return list(windows.split(batch_size))
 

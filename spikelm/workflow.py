@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikelm.calibrate import prepare
 from spikelm.checkpoint import save
 from spikelm.config import SpikeConfig
-from spikelm.calibrate import prepare
 from spikelm.convert import convert, spiking, w8a8
 from spikelm.errors import ConfigError, SpikelmError
 from spikelm.fidelity import Score, compare, token_batches

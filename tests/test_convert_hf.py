@@ -56,34 +56,38 @@ CALIB = token_batches(_random_ids(0, 4 * SEQ_LEN), SEQ_LEN, batch_size=2)
 HELD_OUT = token_batches(_random_ids(1, 8 * SEQ_LEN), SEQ_LEN, batch_size=4)
 PROMPT = HELD_OUT[0][:1, :8]
 
-# (min mean logit cosine, min top-1 agreement), asserted for both threshold modes.
-# Measured on these seeds (dynamic / static_channel; cosine, top-1):
-#   llama           0.9994 / 0.9995   0.935 / 0.944
-#   qwen2           0.9995 / 0.9995   1.000 / 1.000  (tied embeddings: wide top-1 margins)
-#   qwen3_next      0.9998 / 0.9998   0.940 / 0.956
-#   minimax         1.0000 / 1.0000   0.976 / 0.976
-#   rwkv            0.9857 / 0.9857   0.762 / 0.742
-#   mamba2          0.9790 / 0.9786   0.754 / 0.770
-#   recurrent_gemma 0.9917 / 0.9915   0.895 / 0.911
-# Over 5 other weight/data seeds the spread was about +-0.005 in cosine and +-0.06 in top-1
-# (rwkv and mamba2 as low as 0.70 top-1). Every converted layer is accurate to the same ~7.7%
-# (the rounding error of k=3: step V_th = mean|x|/3 gives rms error V_th/sqrt(12), i.e.
-# 0.077 of rms|x| for Gaussian inputs; see test_each_layer_reproduces_its_linear). rwkv, mamba2
-# and recurrent_gemma lose more at the logits because in those tiny random models the spiked
-# branches carry most of the logits (in llama/qwen2 the residual stream from the embedding
-# dominates): e.g. spiking mamba2's layer-0 in_proj alone gives 0.15 relative logit error.
+# (min mean logit cosine, min top-1 agreement), asserted for both threshold modes, from
+# spikelm.fidelity.compare (the CLI's table) over the 248 held-out predictions.
+# Measured on these seeds, dynamic / static_channel:
+#                   cosine            top-1           [5 other weight+data seeds: min cos, top-1]
+#   llama           0.9993 / 0.9994   0.940 / 0.956   [0.9992, 0.923]
+#   qwen2           0.9993 / 0.9993   0.996 / 1.000   [0.9992, 0.992]  (tied embedding: the
+#                                                      input token's own logit dominates)
+#   qwen3_next      0.9998 / 0.9998   0.972 / 0.964   [0.9997, 0.960]
+#   minimax         1.0000 / 1.0000   0.996 / 0.976   [1.0000, 0.980]
+#   rwkv            0.9832 / 0.9815   0.706 / 0.738   [0.9823, 0.681]
+#   mamba2          0.9791 / 0.9794   0.718 / 0.738   [0.9782, 0.702]
+#   recurrent_gemma 0.9940 / 0.9933   0.903 / 0.875   [0.9917, 0.875]
+# Tolerances: cosine at about 2-3x the measured distance from 1, top-1 about 0.05-0.08 under
+# the lowest value seen over all six seeds.
+# rwkv, mamba2 and recurrent_gemma are lower although every one of their layers is as accurate
+# as llama's (worst layer 0.078-0.082 relative error in every family, see LAYER_TOLERANCE): in
+# these tiny random models the spiked branches carry most of the logits, whereas in llama/qwen2
+# the residual stream from the embedding dominates; e.g. spiking only mamba2's layer-0 in_proj
+# (which feeds dt through softplus and the SSM decay) gives 0.15 relative logit error alone.
 TOLERANCES: dict[str, tuple[float, float]] = {
-    "llama": (0.995, 0.85),
-    "qwen2": (0.995, 0.9),
-    "qwen3_next": (0.998, 0.85),
-    "minimax": (0.9995, 0.9),
-    "rwkv": (0.97, 0.6),
-    "mamba2": (0.96, 0.6),
+    "llama": (0.997, 0.85),
+    "qwen2": (0.997, 0.95),
+    "qwen3_next": (0.999, 0.9),
+    "minimax": (0.9998, 0.93),
+    "rwkv": (0.965, 0.6),
+    "mamba2": (0.96, 0.62),
     "recurrent_gemma": (0.98, 0.8),
 }
-# Layer-local relative error ||y_spiking - y|| / ||y|| on the ANN's own inputs: measured
-# 0.03-0.085 in every layer of every family (theory 0.077 for Gaussian inputs, less for
-# heavy-tailed ones).
+# Layer-local relative error ||y_spiking - y|| / ||y|| of each SpikingLinear on the ANN's own
+# input of that layer: measured 0.03-0.082 (worst layer 0.078-0.082 in every family and mode).
+# Theory: k=3 makes the quantization step V_th = mean|x|/3, rms rounding error V_th/sqrt(12),
+# i.e. 0.077 of rms|x| for Gaussian inputs (less for heavy-tailed ones); int8 weights add ~0.
 LAYER_TOLERANCE = 0.12
 
 
@@ -310,17 +314,6 @@ class NoisyStderr(AssertionError):
     """stderr held more than the one error line."""
 
 
-_CALIB_BAR = (
-    "the calibration progress bar is drawn even when stderr is not a terminal "
-    "(spikelm/calibrate.py:117 tqdm(disable=not progress); the CLI always passes progress=True "
-    "through spikelm/workflow.py convert_model), so a 'calibrating: 0%' line precedes the error"
-)
-_SHORT_IDS = (
-    "spikelm/fidelity.py:40 token_batches returns [an empty [0, seq_len] batch] instead of [] "
-    "when there are fewer tokens than seq_len, so spikelm/workflow.py _windows never reports "
-    "the empty set and calibration crashes (exit 3, IndexError in the observer's amax)"
-)
-
 # case -> (expected text in the one error line, marks)
 BAD_INPUTS = {
     "not_a_model": ("not a model directory (no config.json)", ()),
@@ -337,12 +330,12 @@ BAD_INPUTS = {
     ),
     "nan_in_activations": (
         "NaN in calibration activations of layer 'model.layers.0.self_attn.q_proj'",
-        (pytest.mark.xfail(raises=NoisyStderr, strict=True, reason=_CALIB_BAR),),
+        (),
     ),
     "empty_calibration_file": ("calib-empty.txt: no token ids in file", ()),
     "calibration_shorter_than_seq_len": (
         "the calibration set is empty: it needs at least 32 tokens (got 10)",
-        (pytest.mark.xfail(raises=AssertionError, strict=True, reason=_SHORT_IDS),),
+        (),
     ),
     "text_calibration_without_tokenizer": (
         "has no tokenizer; pass token ids with --calib-ids FILE",

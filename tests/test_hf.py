@@ -292,6 +292,47 @@ def test_config_does_not_match_weights(llama_copy: Path) -> None:
         load_causal_lm(llama_copy)
 
 
+@pytest.fixture
+def transformers_records():
+    """Records reaching the ``transformers`` library logger's handlers during a test."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    library, handler = logging.getLogger("transformers"), Keep()
+    library.addHandler(handler)
+    yield records
+    library.removeHandler(handler)
+
+
+def test_load_report_is_held_back_only_when_it_is_an_error(
+    llama_copy: Path, transformers_records: list
+) -> None:
+    """A mismatch ends in one line (no LOAD REPORT); a harmless report still reaches the log."""
+    from safetensors.torch import load_file, save_file
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    _edit_config(llama_copy, intermediate_size=48)
+    with pytest.raises(CheckpointError, match="config.json does not match the weights"):
+        load_causal_lm(llama_copy)
+    assert not any("LOAD REPORT" in r.getMessage() for r in transformers_records)
+    assert hf_logging.is_progress_bar_enabled() == bars  # restored after hiding it
+
+    _edit_config(llama_copy, intermediate_size=64)
+    tensors = load_file(llama_copy / "model.safetensors")
+    tensors["model.extra.weight"] = torch.ones(3)
+    save_file(tensors, llama_copy / "model.safetensors", metadata={"format": "pt"})
+    model, _ = load_causal_lm(llama_copy)
+    reports = [r.getMessage() for r in transformers_records if "LOAD REPORT" in r.getMessage()]
+    assert len(reports) == 1 and "model.extra.weight" in reports[0] and "UNEXPECTED" in reports[0]
+    assert hf_logging.is_progress_bar_enabled() == bars
+
+
 def test_config_fails_validation(saved: dict[str, Path], tmp_path: Path) -> None:
     directory = Path(shutil.copytree(saved["mamba2"], tmp_path / "mamba2"))
     _edit_config(directory, num_heads=4)

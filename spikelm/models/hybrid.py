@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -56,6 +57,7 @@ class HybridConfig:
     gate_rank: int = 16
     gate_logit_normalizer: float = 16.0
     chunk_size: int = 8
+    dropout: float = 0.0
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -82,6 +84,8 @@ class HybridConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even (RoPE), got {self.head_dim}")
         if len(self.layer_types) != self.n_layers or not set(self.layer_types) <= set(LAYER_TYPES):
@@ -115,11 +119,16 @@ class HybridState(NamedTuple):
 
 
 class HybridBlock(nn.Module):
-    """Pre-norm block: ``x += attn(attn_norm(x)); x += mlp(mlp_norm(x))``."""
+    """Pre-norm block: ``x += attn(attn_norm(x)); x += mlp(mlp_norm(x))``.
+
+    In training mode each branch output goes through dropout (``config.dropout``); in eval mode,
+    the mode every spiking conversion and test uses, the block is exactly the formula above.
+    """
 
     def __init__(self, config: HybridConfig, layer_type: str) -> None:
         super().__init__()
         self.layer_type = layer_type
+        self.dropout = config.dropout
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_eps)
         if layer_type == "gla":
             self.attn: GatedLinearAttention | SlidingWindowAttention = GatedLinearAttention(
@@ -132,27 +141,32 @@ class HybridBlock(nn.Module):
             )
         else:
             self.attn = SlidingWindowAttention(
-                config.hidden_size, config.n_heads, config.head_dim, config.window, config.rope_theta
+                config.hidden_size,
+                config.n_heads,
+                config.head_dim,
+                config.window,
+                config.rope_theta,
             )
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(
-        self, x: torch.Tensor, chunk_size: int
-    ) -> tuple[torch.Tensor, GLAState | SWAState]:
+    def forward(self, x: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, GLAState | SWAState]:
         if self.layer_type == "gla":
             h, state = self.attn(self.attn_norm(x), chunk_size)
         else:
             h, state = self.attn(self.attn_norm(x))
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), state
+        x = x + self._drop(h)
+        return x + self._drop(self.mlp(self.mlp_norm(x))), state
 
     def step(
         self, x: torch.Tensor, state: GLAState | SWAState, pos: torch.Tensor
     ) -> tuple[torch.Tensor, GLAState | SWAState]:
         h, state = self.attn.step(self.attn_norm(x), state, pos)
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), state
+        x = x + self._drop(h)
+        return x + self._drop(self.mlp(self.mlp_norm(x))), state
+
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h, self.dropout, self.training)
 
 
 class HybridLM(nn.Module):
