@@ -1,23 +1,26 @@
 """Peak memory of converting a >= 100M-parameter Llama-style model to spiking form.
 
 A random ``transformers`` Llama (hidden 768, 12 layers, MLP 2048, vocab 32000, untied lm_head:
-134M parameters, 536 MB in float32) is saved as safetensors into a temporary directory by a
+134M parameters, S = 536 MB in float32) is saved as safetensors into a temporary directory by a
 subprocess of its own. Each measurement then runs in a fresh subprocess, so that its resident set
 size says what that one job needed:
 
     import torch, transformers, spikelm                     -> baseline RSS
-    spikelm.hf.load_causal_lm(dir)                          -> the float model, S bytes
-    spikelm.spiking(model, SpikeConfig(...), calib_batches) -> prepare, calibrate, convert
-    spikelm.save(model, out_dir)                            -> the spiking checkpoint
+    spikelm.hf.load_causal_lm(dir)                          -> phase "load"
+    spikelm.spiking(model, SpikeConfig(...), calib_batches) -> phases "calibrate" and "convert"
+    spikelm.save(model, out_dir)                            -> phase "save"
 
-The peak RSS of each phase is read from ``VmHWM`` in ``/proc/self/status``; the high-water mark is
-reset between phases by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0), so every phase
-peak is its own. The reported figure is the peak over load + convert + save, above the baseline,
-divided by S: the target is < 1.5. The same is measured for the command line
-(``python -m spikelm convert DIR --out OUT --calib-ids FILE``): in-process through a wrapper that
-resets the high-water mark after imports, and from outside with ``/usr/bin/time -v`` (whose
-maximum RSS includes the imports; a bare ``python -c "import ..."`` is measured the same way as
-its baseline).
+Peaks are read from ``VmHWM`` in ``/proc/self/status``; the high-water mark is reset at the end of
+every phase by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0), so each phase peak is its
+own (calibration ends inside ``spiking()``: its ``run`` callback marks the last batch). The
+figure that counts is the peak over load + calibrate + convert + save, above the baseline, divided
+by S; the target is < 1.5. RSS counts both heap memory (``RssAnon``) and resident pages of mapped
+files (``RssFile``): ``transformers`` memory-maps the safetensors file, so the float weights show
+up as file pages once calibration has read them. The command line
+(``python -m spikelm convert DIR --out OUT --calib-ids FILE``, default ``--seq-len 256
+--calib-windows 32``) is measured twice: in-process through a wrapper that resets the high-water
+mark after the imports, and from outside with ``/usr/bin/time -v`` (whose maximum RSS includes the
+imports; a bare ``python -c "import ..."`` measured the same way is its baseline).
 
     python benchmarks/bench_convert_memory.py --out benchmarks/results/bench_convert_memory.txt
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -36,8 +40,9 @@ import time
 from pathlib import Path
 
 MB = 1e6
+TARGET = 1.5
 CLI_IMPORTS = "import torch, transformers, spikelm, spikelm.hf, spikelm.workflow, spikelm.cli"
-
+PHASES = ("load", "calibrate", "convert", "save")
 
 # --------------------------------------------------------------------------- /proc readers
 
@@ -60,6 +65,11 @@ def hwm() -> int:
     return _status_kb("VmHWM") * 1024
 
 
+def anon_file() -> tuple[int, int]:
+    """``(RssAnon, RssFile)`` bytes: heap memory, and resident pages of mapped files."""
+    return _status_kb("RssAnon") * 1024, _status_kb("RssFile") * 1024
+
+
 def reset_hwm() -> bool:
     """Reset VmHWM to the current RSS; False if the kernel does not allow it."""
     try:
@@ -67,14 +77,14 @@ def reset_hwm() -> bool:
             refs.write("5")
     except OSError:
         return False
-    return hwm() <= rss() + 64 * 1024
+    return hwm() <= rss() + 256 * 1024
 
 
 # --------------------------------------------------------------------------- subprocess jobs
 
 
 def build_model(directory: str, hidden: int, layers: int, intermediate: int, vocab: int) -> dict:
-    """Save a random Llama to ``directory`` (safetensors); its parameter count and fp32 bytes."""
+    """Save a random Llama to ``directory`` (safetensors); its parameter counts."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,17 +101,17 @@ def build_model(directory: str, hidden: int, layers: int, intermediate: int, voc
     )
     model = LlamaForCausalLM(config).eval()
     params = sum(p.numel() for p in model.parameters())
-    linear = sum(
+    converted = sum(
         m.weight.numel()
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and n != "lm_head"
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name != "lm_head"
     )
-    model.save_pretrained(directory, safe_serialization=True)
-    return {"params": params, "bytes": 4 * params, "converted_params": linear}
+    model.save_pretrained(directory)
+    return {"params": params, "bytes": 4 * params, "converted_params": converted}
 
 
 def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int) -> dict:
-    """load -> spiking -> save in this (fresh) process, with RSS and peak per phase."""
+    """load -> spiking -> save in this (fresh) process: RSS, peak and time of every phase."""
     import torch
     import transformers  # noqa: F401 - part of the baseline
 
@@ -115,28 +125,42 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
     result: dict = {"threshold": threshold, "can_reset": reset_hwm()}
     baseline = rss()
     result["baseline"] = baseline
-    phases = {}
+    result["baseline_anon"], result["baseline_file"] = anon_file()
+    phases: dict[str, dict] = {}
+    clock = [time.perf_counter()]
 
-    def phase(name: str, start: float) -> None:
-        phases[name] = {"peak": hwm() - baseline, "after": rss() - baseline, "s": time.perf_counter() - start}
+    def phase(name: str) -> None:
+        anon, mapped = anon_file()
+        phases[name] = {
+            "peak": hwm() - baseline,
+            "after": rss() - baseline,
+            "anon": anon - result["baseline_anon"],
+            "file": mapped - result["baseline_file"],
+            "s": time.perf_counter() - clock[0],
+        }
         reset_hwm()
+        clock[0] = time.perf_counter()
 
-    start = time.perf_counter()
+    seen = [0]
+
+    def run(model, batch) -> None:  # spiking()'s default run, marking the end of calibration
+        model(batch)
+        seen[0] += 1
+        if seen[0] == len(calib):
+            phase("calibrate")
+
     model, _tokenizer = spikelm.hf.load_causal_lm(directory)
-    phase("load", start)
+    phase("load")
     result["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     calib = [batch.clamp_max(model.config.vocab_size - 1) for batch in calib]
-
-    start = time.perf_counter()
-    model = spikelm.spiking(model, SpikeConfig(threshold=threshold), calib, progress=False)
-    phase("convert", start)
+    clock[0] = time.perf_counter()
+    model = spikelm.spiking(model, SpikeConfig(threshold=threshold), calib, run, progress=False)
+    phase("convert")
     result["converted_bytes"] = sum(
-        t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+        t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
     )
-
-    start = time.perf_counter()
     spikelm.save(model, out_dir)
-    phase("save", start)
+    phase("save")
     result["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(out_dir).iterdir())
     result["phases"] = phases
     result["peak"] = max(p["peak"] for p in phases.values())
@@ -144,7 +168,7 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
 
 
 def cli_wrapper(argv: list[str]) -> dict:
-    """``spikelm.cli.main(argv)`` in this process, peak RSS above the post-import baseline."""
+    """``spikelm.cli.main(argv)`` in this process: peak RSS above the post-import baseline."""
     exec(CLI_IMPORTS, {})
     import spikelm.cli
 
@@ -153,14 +177,9 @@ def cli_wrapper(argv: list[str]) -> dict:
     start = time.perf_counter()
     code = spikelm.cli.main(argv)
     seconds = time.perf_counter() - start
-    return {
-        "code": code,
-        "can_reset": can_reset,
-        "baseline": baseline,
-        "peak": hwm() - baseline,
-        "after": rss() - baseline,
-        "s": seconds,
-    }
+    if code != 0:
+        raise RuntimeError(f"spikelm {' '.join(argv)} exited {code}")
+    return {"can_reset": can_reset, "baseline": baseline, "peak": hwm() - baseline, "s": seconds}
 
 
 def _job(*args: str) -> dict:
@@ -172,8 +191,8 @@ def _job(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _time_v(command: list[str]) -> tuple[int, float, str]:
-    """``(max RSS bytes, wall seconds, output)`` of ``command`` under ``/usr/bin/time -v``."""
+def _time_v(command: list[str]) -> tuple[int, float]:
+    """``(max RSS bytes, wall seconds)`` of ``command`` under ``/usr/bin/time -v``."""
     done = subprocess.run(
         ["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False
     )
@@ -182,10 +201,14 @@ def _time_v(command: list[str]) -> tuple[int, float, str]:
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
-    return kb * 1024, 3600 * hours + 60 * minutes + seconds, done.stdout
+    return kb * 1024, 3600 * hours + 60 * minutes + seconds
 
 
 # --------------------------------------------------------------------------- the report
+
+
+def _met(ratio: float) -> str:
+    return "yes" if ratio < TARGET else "NO"
 
 
 def report(args: argparse.Namespace) -> str:
@@ -196,96 +219,124 @@ def report(args: argparse.Namespace) -> str:
     try:
         model_dir = work / "llama"
         info = _job(
-            "build", str(model_dir), str(args.hidden), str(args.layers), str(args.intermediate),
-            str(args.vocab),
+            "build",
+            str(model_dir),
+            *(str(v) for v in (args.hidden, args.layers, args.intermediate, args.vocab)),
         )
-        size = info["bytes"]
         runs = []
         for threshold in ("dynamic", "static_channel"):
+            out = work / f"out-{threshold}"
             runs.append(
                 _job(
-                    "measure", str(model_dir), str(work / f"out-{threshold}"), threshold,
-                    str(args.calib_batches), str(args.seq_len),
+                    "measure",
+                    str(model_dir),
+                    str(out),
+                    threshold,
+                    str(args.calib_batches),
+                    str(args.seq_len),
                 )
             )
-            shutil.rmtree(work / f"out-{threshold}")
+            shutil.rmtree(out)
 
+        rng = random.Random(0)
         ids_file = work / "calib_ids.txt"
-        with open(ids_file, "w", encoding="ascii") as ids:
-            import random
-
-            rng = random.Random(0)
-            for _ in range(args.calib_batches):
-                ids.write(" ".join(str(rng.randrange(args.vocab)) for _ in range(args.seq_len)) + "\n")
+        tokens = args.cli_seq_len * args.cli_windows
+        ids_file.write_text(" ".join(str(rng.randrange(args.vocab)) for _ in range(tokens)) + "\n")
         cli_args = [
-            "convert", str(model_dir), "--out", str(work / "out-cli"), "--calib-ids", str(ids_file),
-            "--seq-len", str(args.seq_len), "--calib-windows", str(args.calib_batches),
+            "convert",
+            str(model_dir),
+            "--out",
+            str(work / "out-cli"),
+            "--calib-ids",
+            str(ids_file),
+            "--seq-len",
+            str(args.cli_seq_len),
+            "--calib-windows",
+            str(args.cli_windows),
         ]
         wrapped = _job("cli", json.dumps(cli_args))
         shutil.rmtree(work / "out-cli")
-        time_v = shutil.which("time") and Path("/usr/bin/time").exists()
-        if time_v:
-            imports_rss, _, _ = _time_v([sys.executable, "-c", CLI_IMPORTS])
-            cli_rss, cli_wall, _ = _time_v([sys.executable, "-m", "spikelm", *cli_args])
-            shutil.rmtree(work / "out-cli")
+        timed = None
+        if Path("/usr/bin/time").is_file():
+            imports_rss, _ = _time_v([sys.executable, "-c", CLI_IMPORTS])
+            cli_rss, cli_wall = _time_v([sys.executable, "-m", "spikelm", *cli_args])
+            timed = (imports_rss, cli_rss, cli_wall)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _table(args, info, runs, wrapped, timed, describe_machine())
 
+
+def _table(args, info, runs, wrapped, timed, machine: str) -> str:
+    size = info["bytes"]
+    cli_batches = -(-args.cli_windows // 4)
     lines = [
-        describe_machine(),
-        "# spikelm conversion memory: peak RSS (VmHWM) above the post-import baseline, fresh process per row",
-        f"# model: random LlamaForCausalLM hidden {args.hidden}, {args.layers} layers, MLP "
+        machine,
+        "# spikelm conversion memory: peak RSS (VmHWM) above the post-import baseline, "
+        "one fresh process per row",
+        f"# model: random LlamaForCausalLM, hidden {args.hidden}, {args.layers} layers, MLP "
         f"{args.intermediate}, vocab {args.vocab}, untied lm_head: {info['params']:,} parameters "
-        f"({info['converted_params']:,} in converted nn.Linear layers)",
-        f"# S = model size in float32 = {size / MB:.1f} MB; calibration: {args.calib_batches} "
-        f"batches of [1, {args.seq_len}] random token ids (CLI: --seq-len {args.seq_len} "
-        f"--calib-windows {args.calib_batches}); target: peak above baseline < 1.5 S",
-        f"# VmHWM reset between phases via /proc/self/clear_refs: {'yes' if runs[0]['can_reset'] else 'NO'}",
+        f"({info['converted_params']:,} in the nn.Linear layers converted), safetensors",
+        f"# S = model size in float32 = {size / MB:.1f} MB; target: peak < {TARGET} S; "
+        f"VmHWM reset per phase (/proc/self/clear_refs): {'yes' if runs[0]['can_reset'] else 'NO'}",
+        f"# API rows: spikelm.hf.load_causal_lm -> spikelm.spiking(SpikeConfig(threshold=...)) "
+        f"on {args.calib_batches} batches [1, {args.seq_len}] -> spikelm.save",
+        f"# CLI rows: spikelm convert DIR --out OUT --calib-ids FILE --seq-len {args.cli_seq_len} "
+        f"--calib-windows {args.cli_windows} ({cli_batches} batches [4, {args.cli_seq_len}])",
         "",
     ]
     header = (
-        f"{'job':<34} {'base MB':>8} {'load pk':>8} {'conv pk':>8} {'save pk':>8} "
-        f"{'peak MB':>8} {'peak/S':>7} {'after MB':>9} {'conv s':>7} {'total s':>8} {'met':>4}"
+        f"{'job':<30} {'base':>6} {'load':>6} {'calib':>6} {'conv':>6} {'save':>6} "
+        f"{'peak':>6} {'peak/S':>6} {'after':>6} {'anon':>6} {'file':>6} "
+        f"{'cal s':>6} {'conv s':>6} {'all s':>6} {'<1.5S':>5}"
     )
     lines += [header, "-" * len(header)]
     for run in runs:
         phases = run["phases"]
-        ratio = run["peak"] / size
+        save = phases["save"]
         lines.append(
-            f"{'API spiking(), ' + run['threshold']:<34} {run['baseline'] / MB:>8.0f} "
-            f"{phases['load']['peak'] / MB:>8.0f} {phases['convert']['peak'] / MB:>8.0f} "
-            f"{phases['save']['peak'] / MB:>8.0f} {run['peak'] / MB:>8.0f} {ratio:>7.2f} "
-            f"{phases['save']['after'] / MB:>9.0f} {phases['convert']['s']:>7.1f} "
-            f"{sum(p['s'] for p in phases.values()):>8.1f} {'yes' if ratio < 1.5 else 'NO':>4}"
+            f"{'API spiking() ' + run['threshold']:<30} {run['baseline'] / MB:>6.0f} "
+            + " ".join(f"{phases[name]['peak'] / MB:>6.0f}" for name in PHASES)
+            + f" {run['peak'] / MB:>6.0f} {run['peak'] / size:>6.2f} {save['after'] / MB:>6.0f} "
+            f"{save['anon'] / MB:>6.0f} {save['file'] / MB:>6.0f} "
+            f"{phases['calibrate']['s']:>6.1f} {phases['convert']['s']:>6.1f} "
+            f"{sum(p['s'] for p in phases.values()):>6.1f} {_met(run['peak'] / size):>5}"
         )
-    ratio = wrapped["peak"] / size
+    blank = " ".join(f"{'-':>6}" for _ in PHASES)
     lines.append(
-        f"{'CLI spikelm convert (in-process)':<34} {wrapped['baseline'] / MB:>8.0f} {'-':>8} "
-        f"{'-':>8} {'-':>8} {wrapped['peak'] / MB:>8.0f} {ratio:>7.2f} "
-        f"{wrapped['after'] / MB:>9.0f} {'-':>7} {wrapped['s']:>8.1f} "
-        f"{'yes' if ratio < 1.5 else 'NO':>4}"
+        f"{'CLI convert (in-process)':<30} {wrapped['baseline'] / MB:>6.0f} {blank} "
+        f"{wrapped['peak'] / MB:>6.0f} {wrapped['peak'] / size:>6.2f} "
+        f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {wrapped['s']:>6.1f} "
+        f"{_met(wrapped['peak'] / size):>5}"
     )
-    if time_v:
+    if timed is not None:
+        imports_rss, cli_rss, cli_wall = timed
         above = cli_rss - imports_rss
         lines.append(
-            f"{'CLI python -m spikelm (time -v)':<34} {imports_rss / MB:>8.0f} {'-':>8} {'-':>8} "
-            f"{'-':>8} {above / MB:>8.0f} {above / size:>7.2f} {'-':>9} {'-':>7} "
-            f"{cli_wall:>8.1f} {'yes' if above / size < 1.5 else 'NO':>4}"
+            f"{'CLI python -m (time -v)':<30} {imports_rss / MB:>6.0f} {blank} "
+            f"{above / MB:>6.0f} {above / size:>6.2f} "
+            f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {cli_wall:>6.1f} "
+            f"{_met(above / size):>5}"
         )
     lines += [
         "",
-        "base MB: RSS after imports (time -v row: max RSS of a bare `python -c \"" + CLI_IMPORTS + "\"`).",
-        "load/conv/save pk: peak RSS of that phase above the baseline; peak MB: the largest of them;",
-        "after MB: RSS above baseline once the checkpoint is saved (float embeddings + lm_head + int8",
-        "layers + whatever the allocator kept). Sizes in the model after conversion / on disk:",
+        "MB throughout. base: RSS after the imports (time -v row: max RSS of a bare python -c "
+        f'"{CLI_IMPORTS}").',
+        "load/calib/conv/save: peak RSS during that phase, above base; peak: the largest; peak/S.",
+        "after: RSS above base once saved, split into anon (heap) and file (resident pages of the",
+        "mmap'd safetensors file, which stays mapped while any loaded tensor is alive).",
+        "cal s / conv s / all s: seconds calibrating, converting, and in all (CLI: the whole "
+        "command, time -v row including the imports).",
     ]
     for run in runs:
+        phases = run["phases"]
         lines.append(
-            f"  {run['threshold']}: S = {run['model_bytes'] / MB:.1f} MB loaded -> "
-            f"{run['converted_bytes'] / MB:.1f} MB of parameters and buffers after conversion; "
-            f"checkpoint {run['checkpoint_bytes'] / MB:.1f} MB; phase after-RSS "
-            + ", ".join(f"{k} {v['after'] / MB:.0f}" for k, v in run["phases"].items())
-            + " MB"
+            f"{run['threshold']}: {run['model_bytes'] / MB:.1f} MB of parameters loaded -> "
+            f"{run['converted_bytes'] / MB:.1f} MB of parameters + buffers converted "
+            f"(checkpoint {run['checkpoint_bytes'] / MB:.1f} MB); anon/file MB at the end of "
+            + ", ".join(
+                f"{name} {phases[name]['anon'] / MB:.0f}/{phases[name]['file'] / MB:.0f}"
+                for name in PHASES
+            )
         )
     return "\n".join(lines)
 
@@ -308,8 +359,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--calib-batches", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--calib-batches", type=int, default=4, help="API rows: batches [1, L]")
+    parser.add_argument("--seq-len", type=int, default=128, help="API rows: L")
+    parser.add_argument("--cli-seq-len", type=int, default=256, help="CLI --seq-len (its default)")
+    parser.add_argument(
+        "--cli-windows", type=int, default=32, help="CLI --calib-windows (its default)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()

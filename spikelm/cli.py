@@ -151,6 +151,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from spikelm.backends import BACKENDS
+    from spikelm.simulate import simulate_checkpoint
+
+    backend = args.backend or ("auto" if "auto" in BACKENDS else None)
+    run = simulate_checkpoint(
+        args.ckpt,
+        text_file=args.text,
+        prompt=args.prompt,
+        new_tokens=args.tokens,
+        max_tokens=args.max_tokens,
+        backend=backend,
+        device=args.device,
+        record=args.record,
+        layers=args.layers or ("*",),
+        threads=args.threads,
+    )
+    result, stats = run.result, run.result.stats
+    print(
+        f"simulated {result.tokens} tokens ({result.input_tokens} input, "
+        f"{len(result.generated)} generated) token by token ({result.stepping}), "
+        f"backend {result.backend}, device {result.device}"
+    )
+    print(
+        f"throughput: {result.tokens_per_second:.1f} tokens/s, "
+        f"{result.events_per_second:,.0f} spike events/s "
+        f"({result.events:,} events in {result.seconds:.2f} s)"
+    )
+    print(
+        f"firing rate {stats.firing_rate:.4f}, sparsity {stats.sparsity:.4f}, "
+        f"spikes/channel {stats.spikes_per_channel:.3f}, silent share {stats.silent_share:.3f}, "
+        f"steps used {stats.steps_used}/{stats.steps} ({len(result.layer_stats)} spiking layers)"
+    )
+    if result.record is not None:
+        print(
+            f"recorded {len(result.recorded_layers)} layers x {result.tokens} tokens "
+            f"to {result.record}"
+        )
+    if run.text is not None:
+        print(f"generated text: {run.text}")
+    return 0
+
+
 def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     from spikelm.encoders import CODERS
 
@@ -208,6 +251,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     raster.add_argument("--out", required=True, help="PNG file to write")
     raster.set_defaults(handler=_cmd_raster)
+
+    simulate = commands.add_parser(
+        "simulate", help="run a spiking checkpoint token by token; throughput, firing, recording"
+    )
+    simulate.add_argument("ckpt", metavar="CKPT", help="spiking checkpoint directory")
+    source = simulate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", metavar="FILE", help="text file fed token by token")
+    source.add_argument("--prompt", metavar="STR", help="prompt to continue")
+    simulate.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="new tokens to generate greedily (default 0 with --text, 32 with --prompt)",
+    )
+    simulate.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N input tokens",
+    )
+    simulate.add_argument("--backend", default=None, help="spiking backend (default auto)")
+    simulate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    simulate.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's; 1 is often fastest for small models)",
+    )
+    simulate.add_argument(
+        "--record", metavar="FILE.h5", help="stream spike trains to this HDF5 file"
+    )
+    simulate.add_argument(
+        "--layers",
+        action="append",
+        metavar="PATTERN",
+        help="fnmatch pattern of layers to record (repeatable; default all)",
+    )
+    simulate.set_defaults(handler=_cmd_simulate)
     return parser
 
 

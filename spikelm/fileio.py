@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import struct
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from spikelm.errors import CheckpointError
+from spikelm.errors import CheckpointError, SpikelmError
 
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 
@@ -32,7 +33,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` (a directory) when the block succeeds."""
     target = Path(path)
     if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target}: exists and is not a directory")
+        raise SpikelmError(f"{target}: exists and is not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -49,15 +50,21 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def partial_path(path: Path) -> Path:
+    """A new temporary sibling ``.<name>.partial-<pid>-<random>`` for an atomic write of ``path``.
+
+    The random part keeps two writers of one target in one process apart.
+    """
+    return path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary file path that replaces ``path`` when the block succeeds."""
+    """Yield a temporary sibling path that replaces ``path`` when the block succeeds."""
     target = Path(path)
     if not target.parent.is_dir():
-        raise FileNotFoundError(f"{target.parent}: directory does not exist")
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
-    os.close(handle)
-    staging = Path(name)
+        raise SpikelmError(f"{target.parent}: directory does not exist")
+    staging = partial_path(target)
     try:
         yield staging
         os.replace(staging, target)

@@ -14,7 +14,7 @@ weights before they are quantized. The matmul itself is done by a backend (``spi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -52,20 +52,58 @@ class SpikingLinear(nn.Module):
         self.register_buffer("input_divisor", torch.ones(in_features))
         self.register_buffer("threshold", None if self.dynamic else torch.ones(()))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._dequantized: torch.Tensor | None = None
+        self._derived: dict[str, tuple[tuple, torch.Tensor]] = {}
         self.name = name
         self.stats: SpikeStats | None = None
+        self.recorder = None  # recorder(layer, counts) on every forward; see spikelm.simulate
+
+    def _weights_token(self) -> tuple:
+        """What the derived tensors depend on: device, storage and version of the weight buffers."""
+        token: list = [self.weight_q.device]
+        for tensor in (self.weight_q, self.weight_scale):
+            token.append(tensor.data_ptr())
+            try:
+                token.append(tensor._version)
+            except RuntimeError:  # inference tensors keep no version counter
+                token.append(None)
+        return tuple(token)
+
+    def derived(self, key: str, make: Callable[[SpikingLinear], torch.Tensor]) -> torch.Tensor:
+        """A tensor computed from the weights by ``make(self)``, cached per device.
+
+        Backends keep their weight layouts here (the dequantized float weight, the transposed int8
+        codes ``W_q^T``, ...). An entry is rebuilt when the weight buffers move to another device,
+        are replaced or are changed in place, and every entry is dropped by ``load_state_dict``;
+        entries of another device are dropped when one for the current device is built.
+        """
+        token = self._weights_token()
+        cache = getattr(self, "_derived", None) or {}
+        entry = cache.get(key)
+        if entry is not None and entry[0] == token:
+            return entry[1]
+        with torch.no_grad():
+            value = make(self)
+        device = self.weight_q.device
+        self._derived = {k: v for k, v in cache.items() if v[0][0] == device}
+        self._derived[key] = (token, value)
+        return value
+
+    def clear_derived(self) -> None:
+        """Drop every cached derived tensor (they are rebuilt on next use)."""
+        self._derived = {}
 
     def dequantized_weight(self) -> torch.Tensor:
-        """``W_q * scale`` (float32), computed once and cached for dense backends."""
-        cached = self._dequantized
-        if cached is None or cached.device != self.weight_q.device:
-            cached = dequantize_weight(self.weight_q, self.weight_scale)
-            self._dequantized = cached
-        return cached
+        """``W_q * scale`` (float32 ``[out, in]``), computed once per device and cached."""
+        return self.derived(
+            "dequantized", lambda layer: dequantize_weight(layer.weight_q, layer.weight_scale)
+        )
+
+    def transposed_weight_q(self) -> torch.Tensor:
+        """``W_q^T`` (int8 ``[in, out]``, contiguous: one input channel's column is one row)."""
+        return self.derived("weight_q_t", lambda layer: layer.weight_q.t().contiguous())
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._dequantized = None
+        self.clear_derived()
         super()._load_from_state_dict(*args, **kwargs)
 
     def spike_counts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +123,8 @@ class SpikingLinear(nn.Module):
         counts, v_th = self.spike_counts(rows)
         if self.stats is not None:
             self.stats.update(counts, get_coder(self.coding))
+        if self.recorder is not None:
+            self.recorder(self, counts)
         y = get_backend(self.backend)(self, counts, v_th)
         if self.bias is not None:
             y = y + self.bias

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from spikelm.errors import ConfigError, ShapeError
-from spikelm.spikes import as_spike_array, partial_path
+from spikelm.fileio import atomic_file
+from spikelm.spikes import as_spike_array
 
 WIDTH_IN = 8.0
 """Figure width in inches."""
@@ -105,10 +106,6 @@ def raster(
         fig.suptitle(title)
 
     path = Path(path)
-    tmp = partial_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as staging:
+        fig.savefig(staging, format="png", dpi=dpi)
     return path

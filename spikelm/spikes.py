@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from spikelm.errors import (
     ShapeError,
     SpikeFileError,
 )
+from spikelm.fileio import partial_path
 
 if TYPE_CHECKING:
     import h5py
@@ -64,15 +64,6 @@ _COMPRESSION = {
     None: {"fletcher32": True},
 }
 _RESERVED_ATTRS = frozenset({"format", "version", "complete"})
-
-
-def partial_path(path: Path) -> Path:
-    """A new temporary sibling ``.<name>.partial-<pid>-<random>`` for an atomic write of ``path``.
-
-    The file is written there, then moved onto ``path`` with ``os.replace``; the random part
-    keeps two writers of one target in one process apart.
-    """
-    return path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def as_spike_array(spikes: Any, *, name: str = "spikes") -> np.ndarray:

@@ -1,13 +1,34 @@
 """Execution engines of a spiking linear layer, behind one selection function.
 
-Every backend is a module with ``linear(layer, counts [M, in], v_th [M, 1]) -> y [M, out]``;
-``reference`` is the naive integer oracle that tests hold the others to.
+Every backend is a module with ``linear(layer, counts [M, in], v_th [M, 1]) -> y [M, out]``
+(float32, bias not included); the integer ones also have ``accumulators(layer, counts)`` giving
+the exact ``acc [M, G, out]`` that the shared :func:`~spikelm.backends.epilogue.epilogue` turns
+into outputs.
+
+========================  =========  =============================================================
+name                      devices    what it does
+========================  =========  =============================================================
+``reference``             cpu, cuda  naive integer oracle: dense spike train, int64 einsum per step
+                                     (computed on the CPU); tests hold every backend to it
+``torch``                 cpu, cuda  dense, time collapsed: ``(s_int @ W_hat^T) * V_th`` in float32
+                                     (pseudo-spiking; equal to the reference within float rounding)
+``torch_events``          cpu, cuda  event-driven: ``index_add_`` of the shifted int8 weight column
+                                     of every spike event into exact integer accumulators
+``numba``                 cpu        event-driven compiled kernel: shift-adds of weight columns per
+                                     event, parallel over rows / output blocks, cached on disk
+``auto``                  cpu, cuda  see :func:`auto_backend_name`
+========================  =========  =============================================================
+
+``reference``, ``torch_events`` and ``numba`` give bit-identical accumulators and, on one device,
+bit-identical outputs (one epilogue); ``torch`` agrees with them to float32 rounding.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from importlib import import_module
+from importlib.util import find_spec
 
 import torch
 
@@ -18,18 +39,146 @@ LinearFn = Callable[..., torch.Tensor]
 BACKENDS: dict[str, str] = {
     "reference": "spikelm.backends.reference",
     "torch": "spikelm.backends.torch_dense",
+    "torch_events": "spikelm.backends.torch_events",
+    "numba": "spikelm.backends.numba_events",
+}
+"""Backend name -> module holding its ``linear`` (imported on first use)."""
+
+INTEGER_BACKENDS = ("reference", "torch_events", "numba")
+"""Backends computing exact integer accumulators (``accumulators(layer, counts)``)."""
+
+DEVICES: dict[str, tuple[str, ...]] = {
+    "reference": ("cpu", "cuda"),
+    "torch": ("cpu", "cuda"),
+    "torch_events": ("cpu", "cuda"),
+    "numba": ("cpu",),
 }
 
+AUTO_NUMBA_MAX_ROWS = 64
+"""``auto`` on the CPU uses numba for calls of at most this many rows (tokens), dense above."""
 
-def get_backend(name: str) -> LinearFn:
-    """The ``linear`` function of backend ``name`` (imported on first use)."""
+NAMES = (*BACKENDS, "auto")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device | None:
+    """``device`` as a ``torch.device``, refusing CUDA when this torch has no usable GPU."""
+    if device is None:
+        return None
     try:
-        module = BACKENDS[name]
-    except KeyError:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"invalid device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA requested but torch.cuda.is_available() is False")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
+@functools.cache
+def numba_available() -> bool:
+    """Whether numba can be imported (without importing it)."""
+    return find_spec("numba") is not None
+
+
+def auto_backend_name(device: torch.device | str | None = None, rows: int = 1) -> str:
+    """The backend ``auto`` runs for a call of ``rows`` rows on ``device``.
+
+    CUDA: ``torch`` (one dense matmul; the event backends scatter per event). CPU: ``numba``
+    (event-driven) when numba is installed and ``rows <= AUTO_NUMBA_MAX_ROWS``; ``torch`` for
+    larger batches (prefill), where a dense float GEMM reuses each weight across many rows and
+    wins on the CPU too.
+    """
+    device = resolve_device(device) or torch.device("cpu")
+    if device.type == "cpu" and numba_available() and rows <= AUTO_NUMBA_MAX_ROWS:
+        return "numba"
+    return "torch"
+
+
+def _module(name: str):
+    try:
+        return import_module(BACKENDS[name])
+    except ImportError as error:
+        if name == "numba":
+            raise ConfigError(
+                f"backend 'numba' needs the numba package ({error}); install numba or use "
+                "backend 'torch'"
+            ) from None
+        raise
+
+
+def _check_name(name: str) -> None:
+    if name not in NAMES:
+        raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
+
+
+def _check_device(name: str, device: torch.device) -> None:
+    if device.type not in DEVICES[name]:
         raise ConfigError(
-            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
-        ) from None
-    return import_module(module).linear
+            f"backend {name!r} runs on {' and '.join(DEVICES[name])} only, not on {device}; "
+            "use backend 'torch' or 'torch_events' there"
+        )
 
 
-__all__ = ["BACKENDS", "get_backend"]
+def _auto_linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
+    """``auto``: pick per call from the counts' device and row count (:func:`auto_backend_name`)."""
+    name = auto_backend_name(counts.device, counts.shape[0])
+    return _module(name).linear(layer, counts, v_th)
+
+
+@functools.cache
+def _device_checked(name: str) -> LinearFn:
+    """``name``'s ``linear``, checking at each call that the tensors' device suits it."""
+    linear = _module(name).linear
+
+    @functools.wraps(linear)
+    def checked(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
+        if counts.device.type not in DEVICES[name]:
+            _check_device(name, counts.device)
+        return linear(layer, counts, v_th)
+
+    return checked
+
+
+def get_backend(name: str, device: torch.device | str | None = None) -> LinearFn:
+    """The ``linear(layer, counts, v_th)`` function of backend ``name``.
+
+    ``name`` is one of ``reference``, ``torch``, ``torch_events``, ``numba``, ``auto``. With a
+    ``device`` the choice is checked (and ``auto`` resolved) for it: a CUDA device without a GPU,
+    or numba on CUDA, raise :class:`~spikelm.errors.ConfigError`. Without one, ``auto`` decides
+    per call from the tensors it gets, and other backends refuse a device they cannot run on
+    when called.
+    """
+    _check_name(name)
+    device = resolve_device(device)
+    if name == "auto":
+        if device is None or device.type == "cpu":
+            return _auto_linear  # row count decides on the CPU
+        name = auto_backend_name(device)
+    if device is not None:
+        _check_device(name, device)
+    return _device_checked(name)
+
+
+def accumulator_backend(name: str) -> Callable[..., torch.Tensor]:
+    """``accumulators(layer, counts) -> acc [M, G, out]`` of an integer backend."""
+    _check_name(name)
+    if name not in INTEGER_BACKENDS:
+        raise ConfigError(
+            f"backend {name!r} has no integer accumulators; integer backends: "
+            f"{', '.join(INTEGER_BACKENDS)}"
+        )
+    return _module(name).accumulators
+
+
+__all__ = [
+    "AUTO_NUMBA_MAX_ROWS",
+    "BACKENDS",
+    "INTEGER_BACKENDS",
+    "NAMES",
+    "accumulator_backend",
+    "auto_backend_name",
+    "get_backend",
+    "numba_available",
+    "resolve_device",
+]

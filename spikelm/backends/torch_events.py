@@ -1,0 +1,57 @@
+"""Event-driven PyTorch backend: one index-add of a shifted weight column per spike event.
+
+The counts become explicit events (``spikelm.backends.events.count_events``); an event
+``(m, i, t, p)`` adds ``p * sign(c_t) * (W_q^T[i] << log2|c_t|)`` into the integer accumulator
+row ``acc[m, group(i)]`` with ``index_add_`` (bitwise codings shift by ``t``, the two's-complement
+top step subtracts; unary codings add the column as is, once per event). Events are processed in
+chunks so memory stays bounded; the accumulators are exact (int32, or int64 for codings whose sums
+could overflow int32) and the shared :func:`~spikelm.backends.epilogue.epilogue` turns them into
+outputs. Runs wherever the tensors are (CPU or CUDA); integer ``index_add_`` is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikelm.backends.epilogue import epilogue
+from spikelm.backends.events import accumulator_dtype, count_events
+
+#: Elements of ``[events, out]`` gathered per chunk (32 Mi int32 = 128 MiB at most).
+CHUNK_ELEMENTS = 1 << 25
+
+
+def _step_shifts(step_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log2|c_t|, c_t < 0)`` per step; every exact coder's ``c_t`` is a signed power of two."""
+    magnitude = step_weights.abs()
+    shift = torch.log2(magnitude.to(torch.float64)).round().to(torch.int64)
+    if not bool(torch.equal(torch.ones_like(magnitude) << shift, magnitude)):
+        raise ValueError(f"step weights {step_weights.tolist()} are not signed powers of two")
+    return shift, step_weights < 0
+
+
+def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
+    """The layer's exact accumulators ``[M, G, out]`` (int32 or int64) for counts ``[M, in]``."""
+    rows, in_features = counts.shape
+    groups, out_features = layer.weight_scale.shape[1], layer.out_features
+    width = in_features // groups
+    dtype = accumulator_dtype(layer)
+    acc = torch.zeros(rows * groups, out_features, dtype=dtype, device=counts.device)
+    events = count_events(counts, layer.coding, layer.steps)
+    if len(events):
+        shift_t, negative_t = _step_shifts(events.step_weights().to(counts.device))
+        target = events.row * groups + torch.div(events.channel, width, rounding_mode="floor")
+        shift = shift_t[events.step]
+        negative = negative_t[events.step] ^ (events.polarity < 0)
+        columns = layer.transposed_weight_q()  # [in, out] int8, one channel's column per row
+        chunk = max(1, CHUNK_ELEMENTS // max(out_features, 1))
+        for start in range(0, len(events), chunk):
+            part = slice(start, start + chunk)
+            added = columns[events.channel[part]].to(dtype) << shift[part].unsqueeze(1).to(dtype)
+            added = torch.where(negative[part].unsqueeze(1), -added, added)
+            acc.index_add_(0, target[part], added)
+    return acc.reshape(rows, groups, out_features)
+
+
+def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
+    """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
+    return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)

@@ -1,0 +1,313 @@
+"""Whole-model simulation: token-by-token runs agree with the parallel forms and ``generate``;
+recordings hold exactly the spikes of the layers' counts; ``spikelm simulate`` and its bad inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import spikelm
+from spikelm.backends import BACKENDS
+from spikelm.cli import main
+from spikelm.encoders import get_coder
+from spikelm.errors import ConfigError, SpikeFileError
+from spikelm.layers import SpikingLinear
+from spikelm.models import HybridConfig, HybridLM
+from spikelm.simulate import NO_GPU_MESSAGE, simulate
+from spikelm.spikes import SpikeReader
+
+CONFIG = HybridConfig(
+    vocab_size=256,
+    hidden_size=64,
+    n_layers=2,
+    n_heads=2,
+    head_dim=32,
+    intermediate_size=128,
+    window=8,
+    layer_types=["gla", "swa"],
+)
+PROMPT = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(1))  # > window
+NEW = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Token-by-token runs are chains of tiny ops: one intra-op thread is much faster on a busy
+    CPU (a second thread's wake-ups cost more than the ops themselves)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny converted HybridLM saved with spikelm.save (SpikingBrain's recipe, group 32)."""
+    torch.manual_seed(0)
+    model = HybridLM(CONFIG).eval()
+    config = spikelm.SpikeConfig(group_size=32)
+    model = spikelm.convert(spikelm.prepare(model, config))
+    return spikelm.save(model, tmp_path_factory.mktemp("sim") / "ckpt")
+
+
+@pytest.fixture
+def model(checkpoint: Path) -> HybridLM:
+    return spikelm.load(checkpoint)
+
+
+def _spiking(model) -> dict[str, SpikingLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+
+
+def test_token_by_token_equals_parallel_form_and_generate(model) -> None:
+    result = simulate(model, PROMPT, new_tokens=NEW, progress=False, return_logits=True)
+    with torch.no_grad():
+        parallel = model(PROMPT[None])[0]
+        expected = model.generate(PROMPT[None], NEW)[0, len(PROMPT) :].tolist()
+    assert result.generated == expected
+    assert result.stepping == "recurrent"
+    assert result.tokens == len(PROMPT) + NEW - 1 == result.logits.shape[0]
+    assert result.input_tokens == len(PROMPT)
+    torch.testing.assert_close(result.logits[: len(PROMPT)], parallel, atol=1e-4, rtol=0)
+    assert [int(x) for x in result.logits[len(PROMPT) - 1 :].argmax(-1)] == expected
+    # statistics: every spiking layer saw every token once; the pooled events are their sum
+    assert set(result.layer_stats) == set(_spiking(model))
+    assert {s.tokens for s in result.layer_stats.values()} == {result.tokens}
+    assert result.events == sum(s.events for s in result.layer_stats.values()) > 0
+    assert (
+        0 < result.stats.firing_rate < 1 and result.stats.sparsity == 1 - result.stats.firing_rate
+    )
+    assert result.tokens_per_second > 0 and result.events_per_second > 0
+    assert all(layer.recorder is None for layer in _spiking(model).values())  # detached
+
+
+def test_recording_holds_each_tokens_spikes(model, tmp_path: Path) -> None:
+    layers = _spiking(model)
+    chosen = [n for n in layers if n.startswith("layers.0.") or n.endswith("down_proj")]
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in chosen}
+    hooks = [
+        layers[name].register_forward_pre_hook(
+            lambda _m, args, name=name: inputs[name].append(args[0].detach().clone())
+        )
+        for name in chosen
+    ]
+    path = tmp_path / "rec.h5"
+    try:
+        result = simulate(
+            model,
+            PROMPT,
+            new_tokens=4,
+            record=path,
+            layers=["layers.0.*", "*.down_proj"],
+            progress=False,
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert result.record == path and list(result.recorded_layers) == chosen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.h5"]  # no temporaries left
+    with SpikeReader(path) as reader:
+        assert reader.layers == chosen
+        for name in chosen:
+            layer, info = layers[name], reader.info(name)
+            assert info.n_tokens == result.tokens == len(inputs[name])
+            assert (info.n_neurons, info.steps, info.coding) == (
+                layer.in_features,
+                layer.steps,
+                layer.coding,
+            )
+            assert info.n_events == result.layer_stats[name].events
+            coder = get_coder(layer.coding)
+            for token in (0, 7, result.tokens - 1):
+                counts, _ = layer.spike_counts(inputs[name][token].reshape(-1, layer.in_features))
+                dense = reader.read(name, range(token, token + 1)).to_dense()  # [1, T, N]
+                decoded = coder.decode(torch.from_numpy(dense[0]))
+                assert torch.equal(decoded, counts[0].to(torch.int64)), (name, token)
+
+
+def test_bad_options_fail_before_any_work(model, tmp_path: Path) -> None:
+    calls = []
+    first = next(iter(_spiking(model).values()))
+    first.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(
+        ConfigError, match="unknown backend 'nope'; choose one of: " + ", ".join(BACKENDS)
+    ):
+        simulate(model, PROMPT, backend="nope", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"CUDA requested but no GPU is available"):
+            simulate(model, PROMPT, device="cuda", progress=False)
+    missing = tmp_path / "missing" / "rec.h5"
+    with pytest.raises(SpikeFileError, match=f"directory {tmp_path / 'missing'} does not exist"):
+        simulate(model, PROMPT, record=missing, progress=False)
+    with pytest.raises(ConfigError, match="empty"):
+        simulate(model, [], progress=False)
+    with pytest.raises(ConfigError, match="token id 300 is outside"):
+        simulate(model, [1, 300], progress=False)
+    with pytest.raises(ConfigError, match="matches no spiking layer"):
+        simulate(model, PROMPT, record=tmp_path / "x.h5", layers=["nothing*"], progress=False)
+    with pytest.raises(ConfigError, match="not spiking"):
+        simulate(HybridLM(CONFIG), PROMPT, progress=False)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_backend_is_set_on_every_layer(model) -> None:
+    result = simulate(model, PROMPT[:4], backend="reference", progress=False)
+    assert result.backend == "reference"
+    assert {layer.backend for layer in _spiking(model).values()} == {"reference"}
+
+
+def test_a_failing_run_leaves_no_recording(model, tmp_path: Path, monkeypatch) -> None:
+    from spikelm import simulate as module
+
+    original = module._HybridStepper.__call__
+    seen = []
+
+    def failing(self, token):
+        seen.append(1)
+        if len(seen) == 5:
+            raise RuntimeError("boom")
+        return original(self, token)
+
+    monkeypatch.setattr(module._HybridStepper, "__call__", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        simulate(model, PROMPT, record=tmp_path / "rec.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert all(layer.recorder is None for layer in _spiking(model).values())
+
+
+# --- transformers families ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("transformers")
+    import hf_tiny
+
+    from spikelm.hf import load_causal_lm
+
+    root = tmp_path_factory.mktemp("hf")
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            model, _ = load_causal_lm(hf_tiny.save_tiny(family, root / family, tokenizer=False))
+            calib = [
+                torch.randint(
+                    4, hf_tiny.VOCAB_SIZE, (2, 32), generator=torch.Generator().manual_seed(i)
+                )
+                for i in range(2)
+            ]
+            cache[family] = spikelm.spiking(model, spikelm.SpikeConfig(), calib, progress=False)
+        return cache[family]
+
+    return get
+
+
+HF_FAMILIES = ("llama", "qwen2", "qwen3_next", "minimax", "rwkv", "mamba2", "recurrent_gemma")
+HF_PROMPT = torch.randint(4, 320, (1, 20), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_hf_family_steps_with_its_cache(family: str, hf_models) -> None:
+    """20 prompt tokens: past recurrent_gemma's window (16) and minimax's block (16)."""
+    model = hf_models(family)
+    result = simulate(
+        model, HF_PROMPT, new_tokens=6, progress=False, return_logits=True, stop_ids=[2]
+    )
+    with torch.no_grad():
+        parallel = model(HF_PROMPT).logits[0]
+        expected = model.generate(HF_PROMPT, max_new_tokens=6, do_sample=False)
+    assert result.stepping == "cache"
+    assert result.generated == expected[0, HF_PROMPT.shape[1] :].tolist()
+    torch.testing.assert_close(result.logits[: HF_PROMPT.shape[1]], parallel, atol=1e-4, rtol=0)
+
+
+def test_hf_model_without_returned_cache_recomputes_the_prefix(hf_models, monkeypatch) -> None:
+    model = hf_models("llama")
+    cached = simulate(model, HF_PROMPT[:, :10], new_tokens=4, progress=False)
+    forward = type(model).forward
+
+    @functools.wraps(forward)
+    def no_cache(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.past_key_values = None
+        return out
+
+    monkeypatch.setattr(type(model), "forward", no_cache)
+    prefix = simulate(model, HF_PROMPT[:, :10], new_tokens=4, progress=False)
+    assert prefix.stepping == "prefix"
+    assert prefix.generated == cached.generated and prefix.tokens == cached.tokens
+    assert {s.tokens for s in prefix.layer_stats.values()} == {prefix.tokens}  # last rows only
+    assert abs(prefix.events - cached.events) <= 0.01 * cached.events
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_simulate_prints_throughput_and_firing(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    text = tmp_path / "input.txt"
+    text.write_text("spiking language models, token by token.\n")
+    record = tmp_path / "rec.h5"
+    argv = ["simulate", str(checkpoint), "--text", str(text), "--tokens", "3"]
+    argv += ["--record", str(record), "--layers", "*.q_proj", "--backend", "torch"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    tokens = len(text.read_bytes()) + 2
+    assert f"simulated {tokens} tokens ({tokens - 2} input, 3 generated)" in out
+    for label in ("tokens/s", "spike events/s", "firing rate", "sparsity", "spikes/channel"):
+        assert label in out
+    assert "silent share" in out and "generated text: " in out
+    with SpikeReader(record) as reader:
+        assert reader.layers == ["layers.0.attn.q_proj", "layers.1.attn.q_proj"]
+        assert {reader.n_tokens(layer) for layer in reader.layers} == {tokens}
+
+    assert main(["simulate", str(checkpoint), "--prompt", "ab", "--max-tokens", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "simulated 32 tokens (1 input, 32 generated)" in out  # --prompt: 32 new by default
+
+
+def _bad_cases(checkpoint: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    ann = tmp_path / "ann"
+    HybridLM(CONFIG).save_pretrained(ann)
+    cases = {
+        "not_spiking": (
+            [str(ann)],
+            f"{ann}: not a spiking checkpoint (no spikelm.json); convert it first",
+        ),
+        "unknown_backend": (
+            [str(checkpoint), "--backend", "nope"],
+            "unknown backend 'nope'; choose one of: " + ", ".join(BACKENDS),
+        ),
+        "missing_directory": (
+            [str(checkpoint), "--record", str(tmp_path / "missing" / "rec.h5")],
+            f"directory {tmp_path / 'missing'} does not exist",
+        ),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda_without_gpu"] = ([str(checkpoint), "--device", "cuda"], NO_GPU_MESSAGE)
+    return cases
+
+
+def test_cli_bad_inputs_are_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    for name, (args, expected) in _bad_cases(checkpoint, tmp_path).items():
+        out_dir = tmp_path / f"out-{name}"
+        out_dir.mkdir()
+        argv = ["simulate", *args, "--prompt", "hello"]
+        if "--record" not in args:
+            argv += ["--record", str(out_dir / "rec.h5")]
+        assert main(argv) == 1, name
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("spikelm: error: "), (name, captured.err)
+        assert expected in lines[0] and "Traceback" not in captured.err, (name, lines[0])
+        assert captured.out == "" and list(out_dir.iterdir()) == [], name
+    assert not (tmp_path / "missing").exists()
+    assert not list(tmp_path.glob("**/*.h5")) and not list(tmp_path.glob("**/.*partial*"))
+    assert np.all([p.is_dir() for p in tmp_path.iterdir()])
