@@ -12,15 +12,18 @@ size says what that one job needed:
 
 Peaks are read from ``VmHWM`` in ``/proc/self/status``; the high-water mark is reset at the end of
 every phase by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0), so each phase peak is its
-own (calibration ends inside ``spiking()``: its ``run`` callback marks the last batch). The
+own (calibration ends inside ``spiking()``: a forward hook marks the last batch). The
 figure that counts is the peak over load + calibrate + convert + save, above the baseline, divided
 by S; the target is < 1.5. RSS counts both heap memory (``RssAnon``) and resident pages of mapped
 files (``RssFile``): ``transformers`` memory-maps the safetensors file, so the float weights show
-up as file pages once calibration has read them. The command line
-(``python -m spikelm convert DIR --out OUT --calib-ids FILE``, default ``--seq-len 256
---calib-windows 32``) is measured twice: in-process through a wrapper that resets the high-water
-mark after the imports, and from outside with ``/usr/bin/time -v`` (whose maximum RSS includes the
-imports; a bare ``python -c "import ..."`` measured the same way is its baseline).
+up as file pages once calibration has read them.
+
+API rows: dynamic and static_channel thresholds calibrated on 4 x [1, 128] tokens, and dynamic on
+the calibration shape of the command line (8 x [4, 256]). CLI row: ``python -m spikelm convert DIR
+--out OUT --calib-ids FILE`` with its defaults (``--seq-len 256 --calib-windows 32``), measured from
+outside with ``/usr/bin/time -v`` (or, without it, ``ru_maxrss`` of a wrapper's child); its maximum
+RSS includes the imports, so a bare ``python -c "import ..."`` measured the same way is its
+baseline.
 
     python benchmarks/bench_convert_memory.py --out benchmarks/results/bench_convert_memory.txt
 """
@@ -110,7 +113,9 @@ def build_model(directory: str, hidden: int, layers: int, intermediate: int, voc
     return {"params": params, "bytes": 4 * params, "converted_params": converted}
 
 
-def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int) -> dict:
+def measure(
+    directory: str, out_dir: str, threshold: str, batches: int, batch_size: int, seq: int
+) -> dict:
     """load -> spiking -> save in this (fresh) process: RSS, peak and time of every phase."""
     import torch
     import transformers  # noqa: F401 - part of the baseline
@@ -121,8 +126,11 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
 
     torch.set_grad_enabled(False)
     generator = torch.Generator().manual_seed(0)
-    calib = [torch.randint(0, 32000, (1, seq), generator=generator) for _ in range(batches)]
-    result: dict = {"threshold": threshold, "can_reset": reset_hwm()}
+    calib = [
+        torch.randint(0, 32000, (batch_size, seq), generator=generator) for _ in range(batches)
+    ]
+    result: dict = {"threshold": threshold, "calib": f"{batches}x[{batch_size},{seq}]"}
+    result["can_reset"] = reset_hwm()
     baseline = rss()
     result["baseline"] = baseline
     result["baseline_anon"], result["baseline_file"] = anon_file()
@@ -143,8 +151,7 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
 
     seen = [0]
 
-    def run(model, batch) -> None:  # spiking()'s default run, marking the end of calibration
-        model(batch)
+    def last_forward(_module, _args, _output) -> None:  # marks the end of calibration
         seen[0] += 1
         if seen[0] == len(calib):
             phase("calibrate")
@@ -154,7 +161,9 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
     result["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     calib = [batch.clamp_max(model.config.vocab_size - 1) for batch in calib]
     clock[0] = time.perf_counter()
-    model = spikelm.spiking(model, SpikeConfig(threshold=threshold), calib, run, progress=False)
+    hook = model.register_forward_hook(last_forward)
+    model = spikelm.spiking(model, SpikeConfig(threshold=threshold), calib, progress=False)
+    hook.remove()
     phase("convert")
     result["converted_bytes"] = sum(
         t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
@@ -167,21 +176,6 @@ def measure(directory: str, out_dir: str, threshold: str, batches: int, seq: int
     return result
 
 
-def cli_wrapper(argv: list[str]) -> dict:
-    """``spikelm.cli.main(argv)`` in this process: peak RSS above the post-import baseline."""
-    exec(CLI_IMPORTS, {})
-    import spikelm.cli
-
-    can_reset = reset_hwm()
-    baseline = rss()
-    start = time.perf_counter()
-    code = spikelm.cli.main(argv)
-    seconds = time.perf_counter() - start
-    if code != 0:
-        raise RuntimeError(f"spikelm {' '.join(argv)} exited {code}")
-    return {"can_reset": can_reset, "baseline": baseline, "peak": hwm() - baseline, "s": seconds}
-
-
 def _job(*args: str) -> dict:
     """Run this script with ``--job ARGS`` in a fresh interpreter; its JSON answer."""
     command = [sys.executable, str(Path(__file__).resolve()), "--job", *args]
@@ -191,17 +185,31 @@ def _job(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _time_v(command: list[str]) -> tuple[int, float]:
-    """``(max RSS bytes, wall seconds)`` of ``command`` under ``/usr/bin/time -v``."""
-    done = subprocess.run(
-        ["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False
+def _max_rss(command: list[str]) -> tuple[int, float]:
+    """``(max RSS bytes, wall seconds)`` of ``command``: ``/usr/bin/time -v``, else a wrapper."""
+    if Path("/usr/bin/time").is_file():
+        done = subprocess.run(
+            ["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+        kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
+        hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
+        return kb * 1024, 3600 * hours + 60 * minutes + seconds
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "time.perf_counter() - t, file=sys.stderr)"
     )
-    if done.returncode != 0:
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *command], capture_output=True, text=True, check=False
+    )
+    code, kb, seconds = done.stderr.strip().splitlines()[-1].split()
+    if code != "0":
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-    kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
-    return kb * 1024, 3600 * hours + 60 * minutes + seconds
+    return int(kb) * 1024, float(seconds)
 
 
 # --------------------------------------------------------------------------- the report
@@ -224,18 +232,15 @@ def report(args: argparse.Namespace) -> str:
             *(str(v) for v in (args.hidden, args.layers, args.intermediate, args.vocab)),
         )
         runs = []
-        for threshold in ("dynamic", "static_channel"):
-            out = work / f"out-{threshold}"
-            runs.append(
-                _job(
-                    "measure",
-                    str(model_dir),
-                    str(out),
-                    threshold,
-                    str(args.calib_batches),
-                    str(args.seq_len),
-                )
-            )
+        cli_batches = -(-args.cli_windows // 4)  # the CLI calibrates on batches of 4 windows
+        for threshold, batches, batch_size, seq in (
+            ("dynamic", args.calib_batches, 1, args.seq_len),
+            ("static_channel", args.calib_batches, 1, args.seq_len),
+            ("dynamic", cli_batches, 4, args.cli_seq_len),
+        ):
+            out = work / "out-api"
+            shape = (batches, batch_size, seq)
+            runs.append(_job("measure", str(model_dir), str(out), threshold, *map(str, shape)))
             shutil.rmtree(out)
 
         rng = random.Random(0)
@@ -254,19 +259,15 @@ def report(args: argparse.Namespace) -> str:
             "--calib-windows",
             str(args.cli_windows),
         ]
-        wrapped = _job("cli", json.dumps(cli_args))
-        shutil.rmtree(work / "out-cli")
-        timed = None
-        if Path("/usr/bin/time").is_file():
-            imports_rss, _ = _time_v([sys.executable, "-c", CLI_IMPORTS])
-            cli_rss, cli_wall = _time_v([sys.executable, "-m", "spikelm", *cli_args])
-            timed = (imports_rss, cli_rss, cli_wall)
+        imports_rss, _ = _max_rss([sys.executable, "-c", CLI_IMPORTS])
+        cli_rss, cli_wall = _max_rss([sys.executable, "-m", "spikelm", *cli_args])
+        timed = (imports_rss, cli_rss, cli_wall)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _table(args, info, runs, wrapped, timed, describe_machine())
+    return _table(args, info, runs, timed, describe_machine())
 
 
-def _table(args, info, runs, wrapped, timed, machine: str) -> str:
+def _table(args, info, runs, timed, machine: str) -> str:
     size = info["bytes"]
     cli_batches = -(-args.cli_windows // 4)
     lines = [
@@ -278,14 +279,16 @@ def _table(args, info, runs, wrapped, timed, machine: str) -> str:
         f"({info['converted_params']:,} in the nn.Linear layers converted), safetensors",
         f"# S = model size in float32 = {size / MB:.1f} MB; target: peak < {TARGET} S; "
         f"VmHWM reset per phase (/proc/self/clear_refs): {'yes' if runs[0]['can_reset'] else 'NO'}",
-        f"# API rows: spikelm.hf.load_causal_lm -> spikelm.spiking(SpikeConfig(threshold=...)) "
-        f"on {args.calib_batches} batches [1, {args.seq_len}] -> spikelm.save",
-        f"# CLI rows: spikelm convert DIR --out OUT --calib-ids FILE --seq-len {args.cli_seq_len} "
-        f"--calib-windows {args.cli_windows} ({cli_batches} batches [4, {args.cli_seq_len}])",
+        "# API rows: spikelm.hf.load_causal_lm -> spikelm.spiking(SpikeConfig(threshold=...)) "
+        "on N x [B, L] random token ids -> spikelm.save",
+        f"# CLI row: python -m spikelm convert DIR --out OUT --calib-ids FILE --seq-len "
+        f"{args.cli_seq_len} --calib-windows {args.cli_windows} (calibrates on {cli_batches} x "
+        f"[4, {args.cli_seq_len}]), max RSS from "
+        + ("/usr/bin/time -v" if Path("/usr/bin/time").is_file() else "a wrapper's ru_maxrss"),
         "",
     ]
     header = (
-        f"{'job':<30} {'base':>6} {'load':>6} {'calib':>6} {'conv':>6} {'save':>6} "
+        f"{'job':<36} {'base':>6} {'load':>6} {'calib':>6} {'conv':>6} {'save':>6} "
         f"{'peak':>6} {'peak/S':>6} {'after':>6} {'anon':>6} {'file':>6} "
         f"{'cal s':>6} {'conv s':>6} {'all s':>6} {'<1.5S':>5}"
     )
@@ -294,43 +297,37 @@ def _table(args, info, runs, wrapped, timed, machine: str) -> str:
         phases = run["phases"]
         save = phases["save"]
         lines.append(
-            f"{'API spiking() ' + run['threshold']:<30} {run['baseline'] / MB:>6.0f} "
+            f"{'API ' + run['threshold'] + ' ' + run['calib']:<36} {run['baseline'] / MB:>6.0f} "
             + " ".join(f"{phases[name]['peak'] / MB:>6.0f}" for name in PHASES)
             + f" {run['peak'] / MB:>6.0f} {run['peak'] / size:>6.2f} {save['after'] / MB:>6.0f} "
             f"{save['anon'] / MB:>6.0f} {save['file'] / MB:>6.0f} "
             f"{phases['calibrate']['s']:>6.1f} {phases['convert']['s']:>6.1f} "
             f"{sum(p['s'] for p in phases.values()):>6.1f} {_met(run['peak'] / size):>5}"
         )
-    blank = " ".join(f"{'-':>6}" for _ in PHASES)
+    imports_rss, cli_rss, cli_wall = timed
+    above = cli_rss - imports_rss
     lines.append(
-        f"{'CLI convert (in-process)':<30} {wrapped['baseline'] / MB:>6.0f} {blank} "
-        f"{wrapped['peak'] / MB:>6.0f} {wrapped['peak'] / size:>6.2f} "
-        f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {wrapped['s']:>6.1f} "
-        f"{_met(wrapped['peak'] / size):>5}"
+        f"{'CLI spikelm convert':<36} {imports_rss / MB:>6.0f} "
+        + " ".join(f"{'-':>6}" for _ in PHASES)
+        + f" {above / MB:>6.0f} {above / size:>6.2f} "
+        + " ".join(f"{'-':>6}" for _ in range(5))
+        + f" {cli_wall:>6.1f} {_met(above / size):>5}"
     )
-    if timed is not None:
-        imports_rss, cli_rss, cli_wall = timed
-        above = cli_rss - imports_rss
-        lines.append(
-            f"{'CLI python -m (time -v)':<30} {imports_rss / MB:>6.0f} {blank} "
-            f"{above / MB:>6.0f} {above / size:>6.2f} "
-            f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {cli_wall:>6.1f} "
-            f"{_met(above / size):>5}"
-        )
     lines += [
         "",
-        "MB throughout. base: RSS after the imports (time -v row: max RSS of a bare python -c "
+        "MB throughout. base: RSS after the imports (CLI row: max RSS of a bare python -c "
         f'"{CLI_IMPORTS}").',
+        "The CLI row's peak is its max RSS minus that baseline.",
         "load/calib/conv/save: peak RSS during that phase, above base; peak: the largest; peak/S.",
         "after: RSS above base once saved, split into anon (heap) and file (resident pages of the",
         "mmap'd safetensors file, which stays mapped while any loaded tensor is alive).",
         "cal s / conv s / all s: seconds calibrating, converting, and in all (CLI: the whole "
-        "command, time -v row including the imports).",
+        "command, imports included).",
     ]
     for run in runs:
         phases = run["phases"]
         lines.append(
-            f"{run['threshold']}: {run['model_bytes'] / MB:.1f} MB of parameters loaded -> "
+            f"{run['threshold']} {run['calib']}: {run['model_bytes'] / MB:.1f} MB of parameters loaded -> "
             f"{run['converted_bytes'] / MB:.1f} MB of parameters + buffers converted "
             f"(checkpoint {run['checkpoint_bytes'] / MB:.1f} MB); anon/file MB at the end of "
             + ", ".join(
@@ -347,9 +344,9 @@ def main() -> None:
         if kind == "build":
             answer = build_model(rest[0], *(int(v) for v in rest[1:]))
         elif kind == "measure":
-            answer = measure(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
+            answer = measure(rest[0], rest[1], rest[2], *(int(v) for v in rest[3:]))
         else:
-            answer = cli_wrapper(json.loads(rest[0]))
+            raise SystemExit(f"unknown job {kind!r}")
         sys.stdout.flush()
         print(json.dumps(answer))
         return
@@ -359,7 +356,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--calib-batches", type=int, default=4, help="API rows: batches [1, L]")
+    parser.add_argument("--calib-batches", type=int, default=4, help="API rows: N batches [1, L]")
     parser.add_argument("--seq-len", type=int, default=128, help="API rows: L")
     parser.add_argument("--cli-seq-len", type=int, default=256, help="CLI --seq-len (its default)")
     parser.add_argument(

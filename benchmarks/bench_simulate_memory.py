@@ -10,7 +10,7 @@ docs), repeated to 10,000 bytes = tokens.
 Each run is a fresh subprocess that imports spikelm, resets the resident-set high-water mark
 (writing ``5`` to ``/proc/self/clear_refs``), notes its RSS (the baseline), then runs
 ``spikelm simulate CKPT --text FILE --max-tokens N --record FILE.h5 --threads 1`` through
-``spikelm.cli.main``, recording every spiking layer, and reads ``VmHWM`` from
+``spikelm.cli.main`` (default backend), recording every spiking layer, and reads ``VmHWM`` from
 ``/proc/self/status``. A sampler thread also reads ``VmRSS`` every 0.2 s, which gives the RSS
 over the course of the longest run. Memory is flat when the peak increase from 1,000 to 10,000
 tokens is small next to the recording's dense size (``tokens x T x N`` int8 summed over the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -117,8 +118,9 @@ def _run(ckpt: Path, text: Path, tokens: int, record: Path | None, threads: int)
     argv += ["--threads", str(threads)]
     if record is not None:
         argv += ["--record", str(record)]
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}  # numba's pool, like torch's
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, timeout=1200
+        [sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, timeout=1200, env=env
     )
     if result.returncode != 0:
         raise SystemExit(f"child failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
@@ -151,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-simulate-") as tmp:
         root = Path(tmp)
         ckpt, what, text = _model_dir(root)
@@ -164,7 +167,9 @@ def main() -> None:
         "spikelm simulate --record: peak memory vs tokens (benchmarks/bench_simulate_memory.py)",
         describe_machine(),
         f"# model: {what}; SpikeConfig() (bitwise_bidirectional, T=8, k=3, dynamic); "
-        f"every spiking layer recorded; --threads {args.threads}",
+        f"every spiking layer recorded; default backend (auto); --threads {args.threads} "
+        f"(NUMBA_NUM_THREADS={args.threads}); load average {load:.1f} at start (the cores are "
+        "shared with other processes, so wall times and throughput are noisy; memory is not)",
         "",
         f"{'tokens':>7} {'record':>7} {'layers':>6} {'events':>12} {'dense MB':>9} "
         f"{'file MB':>8} {'wall s':>7} {'baseline MB':>11} {'peak MB':>8} {'peak-base':>9}  "

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
+import os
 import platform
 import re
 import sys
@@ -71,7 +73,7 @@ def make_optimizer(model: HybridLM, args: argparse.Namespace) -> torch.optim.Ada
 def train(
     model: HybridLM, data: torch.Tensor, monitor: torch.Tensor, args: argparse.Namespace
 ) -> list[str]:
-    """Train on random windows of ``data``; returns log lines (calib perplexity every 250 steps)."""
+    """Train on random windows of ``data``; returns log lines (``monitor`` perplexity)."""
     gen = torch.Generator().manual_seed(args.seed)
     opt = make_optimizer(model, args)
     log = []
@@ -90,7 +92,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        if (step + 1) % 250 == 0 or step + 1 == args.steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             model.eval()
             ppl = perplexity(model, monitor, seq_len=args.seq_len)
             line = (
@@ -111,27 +113,30 @@ attention and sliding-window attention layers alternating) trained by
 
 ## Data
 - Source: the values of CPython's `pydoc_data.topics.topics` (the language-reference help
-  topics), Python {python_version}, concatenated in sorted-key order; tabs expanded, trailing
-  spaces cut, runs of blank lines collapsed to one. {n_chars} characters, {n_bytes} UTF-8 bytes,
-  sha256 {sha256}.
+  topics) of Python {python_version}, concatenated in sorted-key order; tabs expanded, trailing
+  spaces cut, runs of blank lines collapsed to one: {n_chars} characters, {n_bytes} UTF-8
+  bytes, sha256 (first 16 hex digits) {sha256}.
 - Split by consecutive blocks of {block_chars} characters: of every 20 blocks, block 18 is
-  calibration, block 19 eval, the rest training.
-  train {n_train} bytes, calib {n_calib} bytes (`calib.txt`), eval {n_eval} bytes (`eval.txt`).
-  The two small splits ship here so that the demo never depends on the local Python's text.
+  calibration and block 19 eval, the rest training. Train {n_train} bytes, calib {n_calib}
+  bytes (`calib.txt`), eval {n_eval} bytes (`eval.txt`). The two small splits ship here, so the
+  demo never depends on the local Python's text.
 
 ## Model
-`config.json`: {config_line}.
-{n_params} parameters (float32), `model.safetensors` {weights_kb:.0f} KB.
+{n_params} parameters (float32), `model.safetensors` {weights_kb:.0f} KB. `config.json`:
+
+    {config_line}
 
 ## Training
 `{command}`
 
-AdamW (betas 0.9/0.95, weight decay {weight_decay} on matrices), peak lr {lr}, {warmup} warm-up
-steps then cosine decay to {min_lr_ratio} x peak, gradient clip {clip}, dropout {dropout} on the
-residual branches; {steps} steps of
-{batch_size} random windows of {seq_len_plus} bytes ({tokens_m:.1f} M tokens, about {epochs:.1f}
-passes over the training split); seed {seed}; torch {torch_version}, {threads} CPU threads.
-Wall time: {train_minutes:.1f} min on {cpu}.
+- AdamW, betas 0.9/0.95, weight decay {weight_decay} on matrices, gradient clip {clip}.
+- Peak lr {lr}, {warmup} warm-up steps, cosine decay to {min_lr_ratio} x peak.
+- Dropout {dropout} on the residual branches (training only; eval mode has none).
+- {steps} steps of {batch_size} random windows of {seq_len_plus} bytes: {tokens_m:.1f} M tokens,
+  about {epochs:.1f} passes over the training split.
+- Seed {seed}; torch {torch_version}; {threads} torch thread(s).
+- Wall time: {train_minutes:.1f} min ({sec_per_step:.2f} s per step, evaluations included) on a
+  {cpus}-core {cpu} machine; 15-minute load average at the end: {load:.1f}.
 
 ```
 {log}
@@ -155,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("spikelm/models/demo"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -172,6 +177,7 @@ def main() -> None:
     parser.add_argument("--intermediate-size", type=int, default=256)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--log-every", type=int, default=250)
     args = parser.parse_args()
     command = "python examples/train_demo_model.py " + " ".join(sys.argv[1:])
 
@@ -223,9 +229,7 @@ def main() -> None:
         n_train=train_ids.numel(),
         n_calib=calib_ids.numel(),
         n_eval=eval_ids.numel(),
-        config_line=", ".join(
-            f"{k}={v}" for k, v in config.to_dict().items() if k not in ("model_type",)
-        ),
+        config_line=json.dumps(config.to_dict()),
         n_params=model.num_parameters(),
         weights_kb=(args.out / "model.safetensors").stat().st_size / 1024,
         weight_decay=args.weight_decay,
@@ -244,6 +248,9 @@ def main() -> None:
         torch_version=torch.__version__,
         threads=args.threads,
         train_minutes=train_minutes,
+        sec_per_step=train_minutes * 60 / args.steps,
+        cpus=os.cpu_count(),
+        load=os.getloadavg()[2],
         cpu=platform.processor() or platform.machine(),
         log="\n".join(log),
         seq_len=args.seq_len,

@@ -152,10 +152,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from spikelm.backends import BACKENDS
-    from spikelm.simulate import simulate_checkpoint
+    from spikelm.simulate import backend_names, simulate_checkpoint
 
-    backend = args.backend or ("auto" if "auto" in BACKENDS else None)
+    backend = args.backend or ("auto" if "auto" in backend_names() else None)
     run = simulate_checkpoint(
         args.ckpt,
         text_file=args.text,

@@ -33,6 +33,9 @@ class SpikeConfig:
             ``x_j / d_j`` into the neuron and ``W[:, j] * d_j`` into the weights with
             ``d_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (normalised to geometric mean 1).
             ``alpha = 0`` spends spikes where the weights are large (weight-aware thresholds).
+        spike_cost: ``0`` for nearest rounding; ``> 0`` for error-aware rounding, which picks per
+            value the count minimising ``(|x|/V_th - c)^2 + spike_cost * spikes(c)`` among the
+            nearest count, the nearest powers of two and 0 (fewer spikes for bitwise codes).
         keep_dense: ``fnmatch`` patterns of qualified layer names left floating point.
         include: patterns a layer must match to be converted (default: every ``nn.Linear``).
         max_calib_rows: activation rows kept per layer (a seeded reservoir) for percentiles.
@@ -48,6 +51,7 @@ class SpikeConfig:
     weight_bits: int = 8
     group_size: int | None = 128
     smooth_alpha: float | None = None
+    spike_cost: float = 0.0
     keep_dense: tuple[str, ...] = ("lm_head", "*.lm_head", "head")
     include: tuple[str, ...] = ("*",)
     max_calib_rows: int = 4096
@@ -76,6 +80,8 @@ class SpikeConfig:
             raise ConfigError(f"group_size must be a positive integer or None, got {self.group_size!r}")
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
             raise ConfigError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
+        if not (isinstance(self.spike_cost, (int, float)) and 0 <= self.spike_cost < math.inf):
+            raise ConfigError(f"spike_cost must be a finite number >= 0, got {self.spike_cost!r}")
         object.__setattr__(self, "keep_dense", tuple(self.keep_dense))
         object.__setattr__(self, "include", tuple(self.include))
 

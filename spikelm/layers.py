@@ -45,6 +45,7 @@ class SpikingLinear(nn.Module):
         self.coding, self.steps, self.k = config.coding, config.steps, config.k
         self.count_range = config.count_range
         self.dynamic = config.threshold == "dynamic"
+        self.spike_cost = config.spike_cost
         self.backend = backend
         groups = group_count(in_features, config.group_size)
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -115,8 +116,13 @@ class SpikingLinear(nn.Module):
             threshold=self.threshold,
             count_range=self.count_range,
             where=f"input of layer {self.name!r}",
+            spike_cost=self.spike_cost,
+            events=self._events,
         )
         return counts, v_th.reshape(-1, 1).expand(u.shape[0], 1)
+
+    def _events(self, counts: torch.Tensor) -> torch.Tensor:
+        return get_coder(self.coding).events(counts, self.steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)

@@ -39,6 +39,7 @@ NaN or inf inputs raise :class:`~spikelm.errors.NonFiniteError`: a spike count c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -84,6 +85,43 @@ def spike_counts(
     return counts
 
 
+def error_aware_counts(
+    magnitude: torch.Tensor,
+    spike_cost: float,
+    events: Callable[[torch.Tensor], torch.Tensor],
+    high: int,
+) -> torch.Tensor:
+    """Counts for ``a = |x| / V_th`` that trade rounding error against spikes.
+
+    Among the candidates ``c``: the nearest count ``n``, ``n`` with its lowest set bit dropped or
+    carried up, the powers of two just below and above ``a``, and 0 (all within ``[0, high]``),
+    it picks the one minimising
+
+        (a - c)^2 + spike_cost * events(c)
+
+    where ``events(c)`` is the number of spikes the coding fires for ``c`` (popcount for bitwise
+    codes). ``spike_cost = 0`` is nearest rounding. Ties keep the earlier candidate.
+    """
+    nearest = torch.ceil(magnitude - 0.5).clamp(0, high).to(torch.int64)
+    log2 = torch.log2(magnitude.clamp_min(1.0))
+    below = torch.where(magnitude >= 1, torch.exp2(torch.floor(log2)), torch.zeros_like(log2))
+    above = torch.exp2(torch.ceil(log2))
+    candidates = torch.stack(
+        [
+            nearest,
+            nearest & (nearest - 1),  # lowest set bit dropped
+            (nearest + (nearest & -nearest)).clamp(max=high),  # lowest set bit carried up
+            below.clamp(max=high).to(torch.int64),
+            above.clamp(max=high).to(torch.int64),
+            torch.zeros_like(nearest),
+        ]
+    )
+    spikes = events(candidates).to(magnitude.dtype)
+    candidates = candidates.to(magnitude.dtype)
+    cost = (magnitude.unsqueeze(0) - candidates) ** 2 + spike_cost * spikes
+    return candidates.gather(0, cost.argmin(0, keepdim=True)).squeeze(0)
+
+
 def adaptive_threshold_spikes(
     x: torch.Tensor,
     *,
@@ -91,14 +129,27 @@ def adaptive_threshold_spikes(
     threshold: torch.Tensor | None = None,
     count_range: tuple[int, int] | None = None,
     where: str = "activation",
+    spike_cost: float = 0.0,
+    events: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The adaptive-threshold neuron, one step: ``(s_int, V_th)``; ``x_hat = V_th * s_int``.
 
     With ``threshold=None`` the threshold is dynamic (:func:`dynamic_threshold`); otherwise the
-    given static threshold (broadcast against ``x``) is used and ``k`` is ignored.
+    given static threshold (broadcast against ``x``) is used and ``k`` is ignored. A positive
+    ``spike_cost`` replaces nearest rounding by :func:`error_aware_counts` (an encoder choice, no
+    longer the collapsed IF neuron).
     """
     v_th = dynamic_threshold(x, k) if threshold is None else threshold
-    return spike_counts(x, v_th, count_range, where=where), v_th
+    if spike_cost == 0.0:
+        return spike_counts(x, v_th, count_range, where=where), v_th
+    if events is None or count_range is None:
+        raise ConfigError("error-aware rounding needs the coding's events function and range")
+    check_finite(x, where)
+    safe = torch.where(v_th > 0, v_th, torch.ones_like(v_th))
+    magnitude = torch.where(v_th > 0, x.abs() / safe, torch.zeros_like(x))
+    lo, hi = count_range
+    counts = error_aware_counts(magnitude, spike_cost, events, max(hi, -lo))
+    return (torch.sign(x) * counts).clamp(lo, hi), v_th
 
 
 class IFState(NamedTuple):

@@ -90,17 +90,23 @@ class SimulationResult:
 # --- option checks (cheap; run before any model is loaded) ------------------------------------
 
 
-def check_backend(name: str, device: str | torch.device = "cpu") -> None:
-    """Raise :class:`ConfigError` unless ``name`` is a registered backend usable on ``device``."""
+def backend_names() -> tuple[str, ...]:
+    """Every backend name ``SpikingLinear.backend`` accepts (``auto`` included when available)."""
     from spikelm import backends
 
-    if not isinstance(name, str) or name not in backends.BACKENDS:
-        raise ConfigError(
-            f"unknown backend {name!r}; choose one of: {', '.join(backends.BACKENDS)}"
-        )
+    return tuple(getattr(backends, "NAMES", backends.BACKENDS))
+
+
+def check_backend(name: str, device: str | torch.device = "cpu") -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a backend name usable on ``device``."""
+    from spikelm import backends
+
+    names = backend_names()
+    if not isinstance(name, str) or name not in names:
+        raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(names)}")
     try:
         if len(inspect.signature(backends.get_backend).parameters) >= 2:
-            backends.get_backend(name, torch.device(device))
+            backends.get_backend(name, torch.device(device))  # also checks the device
         else:
             backends.get_backend(name)
     except ImportError as error:
@@ -183,7 +189,7 @@ class _LayerProbe:
     def __call__(self, layer: SpikingLinear, counts: torch.Tensor) -> None:
         counts = counts.detach()
         if self.last_row_only:
-            counts = counts[-1:]
+            counts = counts[-1:].clone()  # not a view that keeps the whole prefix alive
         if counts.shape[0]:
             self.rows.append(counts)
             self.current = counts[-1:]
@@ -269,7 +275,8 @@ class _HFStepper:
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         token = token.view(1, 1)
-        self.history.append(token)
+        if self.mode == "prefix" or self.position == 0:  # the mode is settled by the first call
+            self.history.append(token)
         if self.mode == "prefix":
             out = self.model(input_ids=torch.cat(self.history, dim=1), use_cache=False)
         else:
@@ -358,8 +365,8 @@ def simulate(
 
     ``token_ids`` (1-D, or ``[1, L]``) are fed one at a time (teacher forcing); the logits after
     the last one give the first new token, and so on, exactly as greedy ``generate`` does.
-    Generation stops early after a token in ``stop_ids``. ``backend`` (a name of
-    ``spikelm.backends.BACKENDS``) is set on every ``SpikingLinear`` when given; the model is
+    Generation stops early after a token in ``stop_ids``. ``backend`` (one of
+    :func:`backend_names`) is set on every ``SpikingLinear`` when given; the model is
     moved to ``device``. With ``record`` (an ``.h5`` path) the spike trains of the spiking layers
     matching the ``fnmatch`` patterns ``layers`` are streamed to that file; it appears only when
     the run succeeds. ``return_logits`` keeps every step's logits (``[tokens, V]``, on the CPU).
@@ -386,7 +393,7 @@ def simulate(
     if backend is not None:
         for layer in spiking.values():
             layer.backend = backend
-    backend_names = ", ".join(sorted({layer.backend for layer in spiking.values()}))
+    used_backends = ", ".join(sorted({layer.backend for layer in spiking.values()}))
     model.eval().to(dev)
     ids = ids.to(dev)
     stop = {int(i) for i in stop_ids}
@@ -406,7 +413,7 @@ def simulate(
                     record,
                     attrs={
                         "producer": "spikelm simulate",
-                        "backend": backend_names,
+                        "backend": used_backends,
                         "device": str(dev),
                         "input_tokens": len(ids),
                     },
@@ -464,7 +471,7 @@ def simulate(
         events=pooled.events,
         stats=pooled,
         layer_stats=layer_stats,
-        backend=backend_names,
+        backend=used_backends,
         device=str(dev),
         stepping=stepper.mode,
         record=Path(record) if record is not None else None,
@@ -568,6 +575,7 @@ def simulate_checkpoint(
 __all__ = [
     "CheckpointSimulation",
     "SimulationResult",
+    "backend_names",
     "check_backend",
     "check_device",
     "check_options",

@@ -188,6 +188,20 @@ def test_save_load_round_trip(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directory left
 
 
+def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("spikelm.models.hybrid.save_file", disk_full)
+    with pytest.raises(SpikelmError, match="No space left"):
+        small_model().save_pretrained(tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpikelmError, match="not a directory"):
+        small_model().save_pretrained(tmp_path / "file")
+
+
 def test_load_errors_name_the_path(tmp_path: Path):
     good = tmp_path / "good"
     small_model().save_pretrained(good)

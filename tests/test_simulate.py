@@ -12,13 +12,12 @@ import pytest
 import torch
 
 import spikelm
-from spikelm.backends import BACKENDS
 from spikelm.cli import main
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.layers import SpikingLinear
 from spikelm.models import HybridConfig, HybridLM
-from spikelm.simulate import NO_GPU_MESSAGE, simulate
+from spikelm.simulate import NO_GPU_MESSAGE, backend_names, simulate
 from spikelm.spikes import SpikeReader
 
 CONFIG = HybridConfig(
@@ -135,7 +134,7 @@ def test_bad_options_fail_before_any_work(model, tmp_path: Path) -> None:
     first = next(iter(_spiking(model).values()))
     first.register_forward_pre_hook(lambda *_: calls.append(1))
     with pytest.raises(
-        ConfigError, match="unknown backend 'nope'; choose one of: " + ", ".join(BACKENDS)
+        ConfigError, match="unknown backend 'nope'; choose one of: " + ", ".join(backend_names())
     ):
         simulate(model, PROMPT, backend="nope", progress=False)
     if not torch.cuda.is_available():
@@ -155,10 +154,20 @@ def test_bad_options_fail_before_any_work(model, tmp_path: Path) -> None:
     assert calls == [] and list(tmp_path.iterdir()) == []
 
 
-def test_backend_is_set_on_every_layer(model) -> None:
-    result = simulate(model, PROMPT[:4], backend="reference", progress=False)
-    assert result.backend == "reference"
-    assert {layer.backend for layer in _spiking(model).values()} == {"reference"}
+def test_every_backend_runs_the_model(model) -> None:
+    """Same greedy tokens and logits (to float rounding) on every backend, set on every layer."""
+    runs = {}
+    for name in backend_names():
+        runs[name] = simulate(
+            model, PROMPT[:12], new_tokens=4, backend=name, progress=False, return_logits=True
+        )
+        assert runs[name].backend == name
+        assert {layer.backend for layer in _spiking(model).values()} == {name}
+    dense = runs["torch"]
+    for name, result in runs.items():
+        assert result.generated == dense.generated, name
+        torch.testing.assert_close(result.logits, dense.logits, atol=1e-4, rtol=0)
+        assert result.events == dense.events, name  # the counts do not depend on the backend
 
 
 def test_a_failing_run_leaves_no_recording(model, tmp_path: Path, monkeypatch) -> None:
@@ -283,7 +292,7 @@ def _bad_cases(checkpoint: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         ),
         "unknown_backend": (
             [str(checkpoint), "--backend", "nope"],
-            "unknown backend 'nope'; choose one of: " + ", ".join(BACKENDS),
+            "unknown backend 'nope'; choose one of: " + ", ".join(backend_names()),
         ),
         "missing_directory": (
             [str(checkpoint), "--record", str(tmp_path / "missing" / "rec.h5")],

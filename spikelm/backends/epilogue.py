@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from spikelm.errors import ShapeError
+
 
 def epilogue(acc: torch.Tensor, scale: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     """Outputs ``y [M, out]`` (float32) from ``acc [M, G, out]`` (any integer dtype).
@@ -31,7 +33,7 @@ def epilogue(acc: torch.Tensor, scale: torch.Tensor, v_th: torch.Tensor) -> torc
     """
     rows, groups, out_features = acc.shape
     if scale.shape != (out_features, groups):
-        raise ValueError(
+        raise ShapeError(
             f"epilogue: scale of shape {tuple(scale.shape)} does not fit accumulators "
             f"{tuple(acc.shape)}"
         )

@@ -13,11 +13,13 @@ counts' device and is what the ``torch_events`` backend and spike recording cons
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from spikelm.encoders import SpikeCoder, get_coder
+from spikelm.errors import ShapeError
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class SpikeEvents:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def accumulator_bound(coding: str | SpikeCoder, steps: int, group_width: int) -> int:
     """Largest ``|acc|`` any partial sum of one accumulator can reach, in any event order.
 
@@ -100,7 +103,9 @@ def count_events(counts: torch.Tensor, coding: str | SpikeCoder, steps: int) -> 
     """
     coder = get_coder(coding)
     if counts.dim() != 2:
-        raise ValueError(f"count_events: counts must be [rows, channels], got {tuple(counts.shape)}")
+        raise ShapeError(
+            f"count_events: counts must be [rows, channels], got {tuple(counts.shape)}"
+        )
     rows = counts.shape[0]
     device = counts.device
     active_row, active_channel = torch.nonzero(counts, as_tuple=True)  # row-major

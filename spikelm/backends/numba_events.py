@@ -12,10 +12,18 @@ adds the channel's int8 weight column into the int32 accumulators ``acc[m, group
 
 Nothing in the inner loop multiplies. The weights are held transposed, ``W_q^T [in, out]``
 (int8, contiguous, cached on the layer), so a channel's column is one contiguous row, and the loops
-are channel-major: all events of a channel, for every row of a tile of rows, are applied while its
-column sits in L1. Work is split into tasks of (row tile x output block) run in parallel
-(``prange``): over row tiles at batch > 1, over output blocks at batch 1. Small problems run the
-same task function serially (a parallel region costs more than it saves there).
+are channel-major: all events of a channel, for every row of a tile of up to ``ROW_TILE`` rows,
+are applied while its column is in cache. Work is split into tasks run in parallel (``prange``):
+over row tiles at batch > 1; at batch 1 over the weight-scale groups (independent accumulators, no
+reduction; each thread still streams whole weight rows) or, with fewer groups than threads, over
+output blocks. Calls with less than ``PARALLEL_MIN_WORK`` column updates run the same task
+function serially (a parallel region costs more than it saves there); ``numba.set_num_threads(1)``
+makes every call serial.
+
+Threads: numba's ``omp`` layer shares torch's OpenMP runtime, whose idle workers spin. On an
+oversubscribed machine (more busy threads than cores) a parallel call can then wait for scheduler
+slices (measured on 2 shared cores: median 32 ms instead of ~1 ms). There, start the process with
+``GOMP_SPINCOUNT=0`` (or ``OMP_WAIT_POLICY=PASSIVE``), or use ``numba.set_num_threads(1)``.
 
 The accumulators are exact. The float epilogue is fused into each task (applied to its rows and
 outputs while they are in cache); it performs the operations of
@@ -55,8 +63,8 @@ MODES = {
 ROW_TILE = 8
 """Rows processed together, so a weight column read once serves up to this many rows."""
 
-MIN_BLOCK = 512
-"""Smallest output block worth a task of its own at batch 1."""
+MIN_BLOCK = 256
+"""Smallest output block worth a task of its own when splitting outputs between threads."""
 
 PARALLEL_MIN_WORK = 1 << 20
 """Below this many ``active channels x out`` column updates a call runs serially."""
@@ -75,11 +83,13 @@ def _sub_shifted(acc_row, column, shift):
 
 
 @njit(cache=True, fastmath=False)
-def _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, o0, o1):
-    """Accumulate rows ``[r0, r1)`` x outputs ``[o0, o1)``: every event of every active channel."""
+def _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, o0, o1, g0, g1):
+    """Accumulate rows ``[r0, r1)`` x outputs ``[o0, o1)`` x groups ``[g0, g1)``: every event of
+    every active channel of those groups."""
     mask = (np.int64(1) << steps) - 1
     top = steps - 1
-    for g in range(acc.shape[1]):
+    acc[r0:r1, g0:g1, o0:o1] = 0  # zeroed here, in the task's own cache, not by the caller
+    for g in range(g0, g1):
         for i in range(g * width, (g + 1) * width):
             column = weight_t[i, o0:o1]
             for r in range(r0, r1):
@@ -145,26 +155,36 @@ def _epilogue_task(acc, scale_t, v_th, y, r0, r1, o0, o1):
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _run_parallel(counts, weight_t, acc, width, mode, steps, tile, blocks, scale_t, v_th, y):
-    rows, out = counts.shape[0], weight_t.shape[1]
+def _run_parallel(counts, weight_t, acc, width, mode, steps, tile, block, gsplit, scale_t, v_th, y):
+    """Tasks = row tiles x output blocks x ``gsplit`` chunks of weight-scale groups (independent
+    accumulators: no reduction), then the epilogue over row tiles x output blocks."""
+    rows, groups, out = acc.shape
     tiles = (rows + tile - 1) // tile
-    block = (out + blocks - 1) // blocks
-    for task in prange(tiles * blocks):
-        r0 = (task // blocks) * tile
-        r1 = min(rows, r0 + tile)
-        o0 = (task % blocks) * block
-        o1 = min(out, o0 + block)
-        _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, o0, o1)
-        if y.shape[0]:
-            _epilogue_task(acc, scale_t, v_th, y, r0, r1, o0, o1)
+    blocks = (out + block - 1) // block
+    gchunk = (groups + gsplit - 1) // gsplit
+    for task in prange(tiles * blocks * gsplit):
+        r0 = (task // (blocks * gsplit)) * tile
+        o0 = ((task // gsplit) % blocks) * block
+        g0 = (task % gsplit) * gchunk
+        _run_task(
+            counts, weight_t, acc, width, mode, steps,
+            r0, min(rows, r0 + tile), o0, min(out, o0 + block), g0, min(groups, g0 + gchunk),
+        )  # fmt: skip
+    if y.shape[0]:
+        for task in prange(tiles * blocks):
+            r0 = (task // blocks) * tile
+            o0 = (task % blocks) * block
+            _epilogue_task(
+                acc, scale_t, v_th, y, r0, min(rows, r0 + tile), o0, min(out, o0 + block)
+            )
 
 
 @njit(cache=True, fastmath=False)
 def _run_serial(counts, weight_t, acc, width, mode, steps, tile, scale_t, v_th, y):
-    rows, out = counts.shape[0], weight_t.shape[1]
+    rows, groups, out = acc.shape
     for r0 in range(0, rows, tile):
         r1 = min(rows, r0 + tile)
-        _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, 0, out)
+        _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, 0, out, 0, groups)
         if y.shape[0]:
             _epilogue_task(acc, scale_t, v_th, y, r0, r1, 0, out)
 
@@ -179,29 +199,38 @@ def _signatures(acc_dtype: torch.dtype) -> tuple:
     counts, weight_t, i64 = numba.int32[:, ::1], numba.int8[:, ::1], numba.int64
     scale_t, v_th, y = numba.float64[:, ::1], numba.float64[::1], numba.float32[:, ::1]
     return (
-        (counts, weight_t, acc, i64, i64, i64, i64, i64, scale_t, v_th, y),  # _run_parallel
+        (counts, weight_t, acc, i64, i64, i64, i64, i64, i64, scale_t, v_th, y),  # _run_parallel
         (counts, weight_t, acc, i64, i64, i64, i64, scale_t, v_th, y),  # _run_serial
     )
+
+
+def _ensure(parallel: bool, acc_dtype: torch.dtype) -> None:
+    """Compile (or load from the disk cache) one kernel for one accumulator dtype, timed."""
+    global _compile_seconds
+    if (parallel, acc_dtype) in _compiled:
+        return
+    start = time.perf_counter()
+    parallel_sig, serial_sig = _signatures(acc_dtype)
+    if parallel:
+        _run_parallel.compile(parallel_sig)
+    else:
+        _run_serial.compile(serial_sig)
+    _compiled.add((parallel, acc_dtype))
+    _compile_seconds += time.perf_counter() - start
 
 
 def warmup(acc_dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> float:
     """Compile (or load from the on-disk cache) the kernels for these accumulator dtypes.
 
-    Returns the seconds this call spent; :func:`compile_seconds` keeps the running total. Done
-    implicitly on first use; call it beforehand to keep compilation out of a timing.
+    Returns the seconds this call spent; :func:`compile_seconds` keeps the running total. Each
+    kernel is otherwise compiled on its first use (the serial one for small layers, the parallel
+    one for large ones); call this beforehand to keep compilation out of a timing.
     """
-    global _compile_seconds
     start = time.perf_counter()
     for dtype in acc_dtypes:
-        if dtype in _compiled:
-            continue
-        parallel_sig, serial_sig = _signatures(dtype)
-        _run_parallel.compile(parallel_sig)
-        _run_serial.compile(serial_sig)
-        _compiled.add(dtype)
-    spent = time.perf_counter() - start
-    _compile_seconds += spent
-    return spent
+        _ensure(False, dtype)
+        _ensure(True, dtype)
+    return time.perf_counter() - start
 
 
 def compile_seconds() -> float:
@@ -218,14 +247,23 @@ def cache_stats() -> dict[str, int]:
     }
 
 
-def _split(rows: int, out_features: int, threads: int) -> tuple[int, int]:
-    """``(row tile, output blocks)``: row tiles first, output blocks to fill idle threads."""
+def _split(rows: int, groups: int, out_features: int, threads: int) -> tuple[int, int, int]:
+    """``(row tile, output block, group chunks)`` of the parallel tasks: a task per thread at least.
+
+    Row tiles first. When there are fewer tiles than threads (batch 1), the weight-scale groups
+    are shared out (their accumulators are independent and each task still reads whole weight
+    rows, contiguously), or, with too few groups, the outputs.
+    """
     tile = max(1, min(ROW_TILE, -(-rows // threads)))
     tiles = -(-rows // tile)
-    blocks = 1
+    block, gsplit = out_features, 1
     if tiles < threads:
-        blocks = max(1, min(-(-threads // tiles), out_features // MIN_BLOCK))
-    return tile, blocks
+        wanted = -(-threads // tiles)
+        if groups >= wanted:
+            gsplit = wanted
+        else:
+            block = max(MIN_BLOCK, -(-out_features // wanted))
+    return tile, block, gsplit
 
 
 def run(
@@ -245,27 +283,28 @@ def run(
     cache. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
     layer entry points check both).
     """
-    warmup((acc_dtype,))
     rows, in_features = counts.shape
     out_features = weight_t.shape[1]
     width = in_features // groups
     np_dtype = np.int32 if acc_dtype == torch.int32 else np.int64
-    acc = np.zeros((rows, groups, out_features), dtype=np_dtype)
+    acc = np.empty((rows, groups, out_features), dtype=np_dtype)  # each task zeroes its part
     fused = scale_t is not None and v_th is not None
     y = np.empty((rows if fused else 0, out_features), dtype=np.float32)
     if not fused:
         scale_t, v_th = np.zeros((groups, out_features)), np.zeros(0)
-    if rows == 0 or out_features == 0:
+    if acc.size == 0:
         return acc, (y if fused else None)
     mode = MODES[coding]
-    threads = numba.get_num_threads()
     work = int(np.count_nonzero(counts)) * out_features
-    if threads > 1 and work >= PARALLEL_MIN_WORK:
-        tile, blocks = _split(rows, out_features, threads)
+    # (asking for the thread count starts numba's pool: small problems never ask)
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+        tile, block, gsplit = _split(rows, groups, out_features, numba.get_num_threads())
+        _ensure(True, acc_dtype)
         _run_parallel(
-            counts, weight_t, acc, width, mode, steps, tile, blocks, scale_t, v_th, y
+            counts, weight_t, acc, width, mode, steps, tile, block, gsplit, scale_t, v_th, y
         )  # fmt: skip
     else:
+        _ensure(False, acc_dtype)
         _run_serial(counts, weight_t, acc, width, mode, steps, ROW_TILE, scale_t, v_th, y)
     return acc, (y if fused else None)
 
@@ -277,7 +316,12 @@ def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
             f"{counts.device}; use backend 'torch' or 'torch_events' there, or move the model "
             "to the CPU"
         )
-    array = counts.detach().to(torch.int32).contiguous().numpy()
+    as_int = counts.detach().to(torch.int32).contiguous()
+    if counts.is_floating_point() and not torch.equal(as_int.to(counts.dtype), counts):
+        raise CountRangeError(
+            f"layer {layer.name!r}: spike counts must be whole numbers (and finite)"
+        )
+    array = as_int.numpy()
     if array.size:
         lo, hi = layer.count_range
         if int(array.min()) < lo or int(array.max()) > hi:

@@ -26,7 +26,7 @@ def integer_accumulators(
     """``acc[m, g, o]`` (int64 ``[M, G, out]``) from counts ``[M, in]``, summed over the train."""
     device = counts.device
     coder = get_coder(coding)
-    spikes = coder.encode(counts.cpu().to(torch.int64), steps)  # [T, M, in]
+    spikes = coder.encode(counts.cpu(), steps)  # [T, M, in]; refuses non-integer counts
     weights = coder.step_weights(steps)  # c_t, int64 [T]
     out_features, in_features = weight_q.shape
     width = in_features // groups

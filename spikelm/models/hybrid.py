@@ -42,7 +42,14 @@ LAYER_TYPES = ("gla", "swa")
 
 @dataclass
 class HybridConfig:
-    """Shape of a :class:`HybridLM`. ``layer_types`` defaults to alternating ``gla``, ``swa``."""
+    """Shape of a :class:`HybridLM`.
+
+    ``layer_types`` (one of ``"gla"``, ``"swa"`` per layer) defaults to alternating, GLA first.
+    Both mixers use ``n_heads`` heads of ``head_dim`` (GLA: dk = dv = head_dim). ``window`` is the
+    SWA span (the current token included), ``gate_rank`` the rank of GLA's ``gk_proj`` and
+    ``gate_logit_normalizer`` the divisor of its log-sigmoid. ``chunk_size`` is the default GLA
+    chunk of the parallel form (speed only; 8 is fastest on CPU). ``dropout`` acts in training.
+    """
 
     vocab_size: int = 256
     hidden_size: int = 128

@@ -1,0 +1,395 @@
+"""Every backend against the integer reference: accumulators, outputs, a converted model, errors.
+
+Integer backends (``reference``, ``torch_events``, ``numba``) must produce the same accumulators
+exactly and, through the one epilogue, bit-identical outputs on one device. The dense ``torch``
+backend sums in float32 in another order, so it is held to the reference within
+``rtol = 1e-5`` and ``atol = 1e-5 * max|y|`` (measured: ~4e-7 of max|y|).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spikelm
+from spikelm import ConfigError, CountRangeError, SpikeConfig
+from spikelm.backends import (
+    INTEGER_BACKENDS,
+    accumulator_backend,
+    auto_backend_name,
+    get_backend,
+    numba_available,
+    resolve_device,
+)
+from spikelm.backends.epilogue import epilogue
+from spikelm.backends.events import accumulator_dtype, count_events
+from spikelm.convert import spiking_layers
+from spikelm.encoders import get_coder
+from spikelm.layers import SpikingLinear
+from spikelm.quant import quantize_weight
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
+
+CODINGS = {  # coding -> T (counts up to 255 for the bitwise ones, short unary trains)
+    "binary": 6,
+    "ternary": 6,
+    "bitwise": 8,
+    "bitwise_bidirectional": 8,
+    "bitwise_twos_complement": 8,
+}
+INT_BACKENDS = [b for b in INTEGER_BACKENDS if b != "numba" or numba_available()]
+ALL_BACKENDS = [*INT_BACKENDS, "torch", "auto"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Correctness tests of tiny tensors: one torch thread (no OpenMP wake-ups on busy machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _layer(coding: str, steps: int, group_size: int | None, n_in=48, n_out=40, seed=0):
+    config = SpikeConfig(coding=coding, steps=steps, group_size=group_size)
+    layer = SpikingLinear(n_in, n_out, config, name="test")
+    g = torch.Generator().manual_seed(seed)
+    weight_q, scale = quantize_weight(torch.randn(n_out, n_in, generator=g), 8, group_size)
+    weight_q[0, :4] = torch.tensor([127, -127, 127, -127], dtype=torch.int8)  # extreme codes
+    layer.weight_q.copy_(weight_q)
+    layer.weight_scale.copy_(scale)
+    return layer
+
+
+def _counts(layer: SpikingLinear, rows: int, seed: int = 1) -> torch.Tensor:
+    """Random counts over the coding's full range, extremes included, a silent row when rows > 1."""
+    lo, hi = layer.count_range
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(lo, hi + 1, (rows, layer.in_features), generator=g)
+    counts[torch.rand(counts.shape, generator=g) < 0.3] = 0
+    counts[0, :3] = torch.tensor([lo, hi, 0])
+    if rows > 1:
+        counts[-1] = 0
+    return counts.to(torch.float32)  # what spike_counts returns: floats with integer values
+
+
+def _thresholds(rows: int) -> torch.Tensor:
+    return torch.rand(rows, 1, generator=torch.Generator().manual_seed(2)) + 0.1
+
+
+def _close_to(y: torch.Tensor, reference: torch.Tensor) -> bool:
+    atol = 1e-5 * float(reference.abs().max().clamp_min(1e-30))
+    return torch.allclose(y, reference, rtol=1e-5, atol=atol)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_events_are_the_coded_train_in_channel_major_csr(coding: str) -> None:
+    layer = _layer(coding, CODINGS[coding], None)
+    counts = _counts(layer, 5)
+    events = count_events(counts, coding, layer.steps)
+    coder = get_coder(coding)
+    assert torch.equal(events.to_dense(layer.in_features), coder.encode(counts, layer.steps))
+    assert events.row_ptr[0] == 0 and events.row_ptr[-1] == len(events)
+    for m in range(events.rows):
+        part = slice(int(events.row_ptr[m]), int(events.row_ptr[m + 1]))
+        assert bool((events.row[part] == m).all())
+        key = events.channel[part] * layer.steps + events.step[part]
+        assert bool((key[1:] > key[:-1]).all())  # channel-major, steps ascending
+    assert len(events) == int(coder.events(counts, layer.steps).sum())
+    train = events.to_spike_train(layer.in_features, layer="test", token_offset=10)
+    assert len(train.token) == len(events) and train.tokens == range(10, 15)
+
+
+def test_events_of_silent_counts_and_out_of_range_counts() -> None:
+    events = count_events(torch.zeros(3, 16), "bitwise_bidirectional", 8)
+    assert len(events) == 0 and events.row_ptr.tolist() == [0, 0, 0, 0]
+    with pytest.raises(CountRangeError):
+        count_events(torch.full((1, 4), 300.0), "bitwise_bidirectional", 8)
+
+
+# --- one layer, every backend ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("coding", CODINGS)
+def test_backends_agree_with_the_reference(coding: str, group_size: int | None, rows: int) -> None:
+    layer = _layer(coding, CODINGS[coding], group_size)
+    counts, v_th = _counts(layer, rows), _thresholds(rows)
+    reference_acc = accumulator_backend("reference")(layer, counts)
+    assert reference_acc.shape == (rows, layer.weight_scale.shape[1], layer.out_features)
+    for name in INT_BACKENDS:
+        acc = accumulator_backend(name)(layer, counts)
+        assert acc.dtype in (torch.int32, torch.int64)
+        assert torch.equal(acc.to(torch.int64), reference_acc), name
+    reference = get_backend("reference")(layer, counts, v_th)
+    assert torch.equal(reference, epilogue(reference_acc, layer.weight_scale, v_th))
+    for name in INT_BACKENDS:
+        assert torch.equal(get_backend(name)(layer, counts, v_th), reference), name
+    assert _close_to(get_backend("torch")(layer, counts, v_th), reference)
+    assert _close_to(get_backend("auto")(layer, counts, v_th), reference)
+    # The accumulators decode to W_q x_int per group: the spike train carries the counts exactly.
+    width = layer.in_features // layer.weight_scale.shape[1]
+    w = layer.weight_q.to(torch.int64).reshape(layer.out_features, -1, width)
+    direct = torch.einsum("mgi,ogi->mgo", counts.to(torch.int64).reshape(rows, -1, width), w)
+    assert torch.equal(direct, reference_acc)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_silent_layer_gives_the_bias(name: str) -> None:
+    layer = _layer("bitwise_bidirectional", 8, 16)
+    layer.bias.copy_(torch.linspace(-1, 1, layer.out_features))
+    counts, v_th = torch.zeros(3, layer.in_features), _thresholds(3)
+    y = get_backend(name)(layer, counts, v_th)
+    assert y.shape == (3, layer.out_features) and bool((y == 0).all())
+    if name in INT_BACKENDS:
+        assert not bool(accumulator_backend(name)(layer, counts).any())
+    layer.backend = name
+    with torch.no_grad():
+        assert torch.equal(layer(torch.zeros(2, 3, layer.in_features))[0, 0], layer.bias)
+
+
+@pytest.mark.parametrize("name", INT_BACKENDS)
+def test_counts_the_coding_cannot_hold_are_refused(name: str) -> None:
+    layer = _layer("bitwise_bidirectional", 8, None)
+    counts = torch.zeros(2, layer.in_features)
+    counts[1, 3] = 256.0
+    with pytest.raises(CountRangeError):
+        accumulator_backend(name)(layer, counts)
+    counts[1, 3] = 2.5
+    with pytest.raises(CountRangeError):
+        get_backend(name)(layer, counts, torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("name", INT_BACKENDS)
+def test_negative_ternary_spikes_subtract_the_column(name: str) -> None:
+    layer = _layer("ternary", 6, None)
+    counts = torch.zeros(1, layer.in_features)
+    counts[0, 5], counts[0, 9] = -3, 2
+    acc = accumulator_backend(name)(layer, counts)[0, 0].to(torch.int64)
+    w = layer.weight_q.to(torch.int64)
+    assert torch.equal(acc, -3 * w[:, 5] + 2 * w[:, 9])
+
+
+@pytest.mark.parametrize("name", INT_BACKENDS)
+def test_twos_complement_top_step_subtracts(name: str) -> None:
+    layer = _layer("bitwise_twos_complement", 8, None)
+    counts = torch.zeros(1, layer.in_features)
+    counts[0, 3], counts[0, 4] = -128, -1  # patterns 1000_0000 and 1111_1111
+    acc = accumulator_backend(name)(layer, counts)[0, 0].to(torch.int64)
+    w = layer.weight_q.to(torch.int64)
+    assert torch.equal(acc, -128 * w[:, 3] - w[:, 4])
+
+
+@pytest.mark.parametrize("name", INT_BACKENDS)
+def test_int64_accumulators_where_int32_could_overflow(name: str) -> None:
+    layer = _layer("bitwise_bidirectional", 22, None, n_in=64, n_out=8)
+    assert accumulator_dtype(layer) == torch.int64  # (2^22 - 1) * 128 * 64 > 2^31
+    counts = torch.full((2, 64), float(2**22 - 1))
+    counts[1] = -counts[1]
+    acc = accumulator_backend(name)(layer, counts)
+    expected = counts.to(torch.int64) @ layer.weight_q.to(torch.int64).t()
+    assert torch.equal(acc[:, 0].to(torch.int64), expected)
+    assert int(expected.abs().max()) > 2**31  # the sums really leave the int32 range
+
+
+# --- the layer's derived-tensor cache ----------------------------------------------------------
+
+
+def test_derived_weights_are_cached_and_rebuilt_when_the_weights_change() -> None:
+    layer = _layer("bitwise_bidirectional", 8, 16)
+    transposed = layer.transposed_weight_q()
+    assert transposed.is_contiguous() and torch.equal(transposed, layer.weight_q.t())
+    assert layer.transposed_weight_q() is transposed
+    dense = layer.dequantized_weight()
+    assert layer.dequantized_weight() is dense
+    with torch.no_grad():
+        layer.weight_q[0, 0] = -layer.weight_q[0, 0] - 1  # in place: the version changes
+    assert torch.equal(layer.transposed_weight_q(), layer.weight_q.t())
+    assert not torch.equal(layer.dequantized_weight(), dense)
+    state = {
+        k: v.clone() for k, v in _layer("bitwise_bidirectional", 8, 16, seed=5).state_dict().items()
+    }
+    layer.load_state_dict(state)
+    assert torch.equal(layer.transposed_weight_q(), state["weight_q"].t())
+
+
+# --- a converted model -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from spikelm.models import HybridConfig, HybridLM
+
+    torch.manual_seed(0)
+    config = HybridConfig(
+        vocab_size=256, hidden_size=64, n_layers=2, n_heads=2, head_dim=32,
+        intermediate_size=128, window=8, layer_types=["gla", "swa"],
+    )  # fmt: skip
+    model = HybridLM(config).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (2, 16), generator=g) for _ in range(3)]
+    return spikelm.spiking(model, SpikeConfig(), batches, progress=False)
+
+
+def _set_backend(model, name: str) -> None:
+    for layer in spiking_layers(model).values():
+        layer.backend = name
+
+
+def test_converted_model_is_the_same_on_every_backend(tiny_model) -> None:
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
+    logits, tokens = {}, {}
+    with torch.no_grad():
+        for name in ALL_BACKENDS:
+            _set_backend(tiny_model, name)
+            logits[name] = tiny_model(ids)
+            tokens[name] = tiny_model.generate(ids[:1, :6], max_new_tokens=8)
+    _set_backend(tiny_model, "torch")
+    for name in INT_BACKENDS:
+        assert torch.equal(logits[name], logits["reference"]), name
+    assert torch.allclose(logits["torch"], logits["reference"], rtol=1e-4, atol=1e-4)
+    for name in ALL_BACKENDS:
+        assert torch.equal(tokens[name], tokens["reference"]), name
+
+
+# --- selection and errors ----------------------------------------------------------------------
+
+
+def test_unknown_backend_is_a_one_line_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown backend 'fast'; choose one of") as info:
+        get_backend("fast")
+    assert "\n" not in str(info.value)
+    layer = _layer("bitwise", 8, None)
+    layer.backend = "fast"
+    with pytest.raises(ConfigError, match="unknown backend"):
+        layer(torch.randn(2, layer.in_features))
+
+
+@pytest.mark.skipif(CUDA, reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    for name in ("torch", "torch_events", "numba", "auto", "reference"):
+        with pytest.raises(
+            ConfigError, match=r"^CUDA requested but torch.cuda.is_available\(\) is False$"
+        ):
+            get_backend(name, device="cuda")
+    with pytest.raises(ConfigError, match="CUDA requested"):
+        resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="invalid device"):
+        resolve_device("gpu-please")
+
+
+@needs_numba
+def test_numba_refuses_tensors_off_the_cpu() -> None:
+    layer = _layer("bitwise", 8, None)
+    counts = torch.zeros(1, layer.in_features, device="meta")
+    with pytest.raises(ConfigError, match="backend 'numba' runs on cpu only"):
+        get_backend("numba")(layer, counts, torch.ones(1, 1, device="meta"))
+
+
+@needs_numba
+@needs_cuda
+def test_numba_with_a_cuda_device_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="backend 'numba' runs on cpu only"):
+        get_backend("numba", device="cuda")
+
+
+def test_auto_rule() -> None:
+    expected = "numba" if numba_available() else "torch"
+    assert auto_backend_name("cpu", rows=1) == expected
+    assert auto_backend_name("cpu", rows=100_000) == "torch"
+    if CUDA:
+        assert auto_backend_name("cuda", rows=1) == "torch"
+
+
+@needs_numba
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("coding", ["ternary", "bitwise_twos_complement"])
+def test_numba_parallel_split_matches_the_reference(
+    monkeypatch, coding: str, rows: int, group_size: int | None
+) -> None:
+    import numba
+
+    from spikelm.backends import numba_events
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs 2 numba threads")
+    # Force the parallel kernel on a small layer: output blocks at batch 1, row tiles above.
+    monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(numba_events, "MIN_BLOCK", 8)
+    monkeypatch.setattr(numba_events, "ROW_TILE", 2)
+    assert numba_events._split(1, 3, 40, 2) == (1, 40, 2)  # batch 1: groups shared out
+    assert numba_events._split(1, 1, 40, 2) == (1, 20, 1)  # one group: outputs split
+    assert numba_events._split(5, 3, 40, 2) == (2, 40, 1)  # rows
+    layer = _layer(coding, CODINGS[coding], group_size)
+    counts, v_th = _counts(layer, rows), _thresholds(rows)
+    acc = numba_events.accumulators(layer, counts)
+    assert torch.equal(acc.to(torch.int64), accumulator_backend("reference")(layer, counts))
+    assert torch.equal(
+        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+    )
+
+
+@needs_numba
+def test_numba_compile_time_is_reported_apart() -> None:
+    from spikelm.backends import numba_events
+
+    layer = _layer("bitwise", 8, None)
+    get_backend("numba")(layer, _counts(layer, 2), _thresholds(2))
+    spent = numba_events.compile_seconds()
+    assert spent > 0  # compiled, or loaded from the disk cache, on first use
+    get_backend("numba")(layer, _counts(layer, 3), _thresholds(3))
+    assert numba_events.compile_seconds() == spent  # once per process: steady state after that
+    stats = numba_events.cache_stats()
+    assert stats["hits"] + stats["misses"] >= 1
+
+
+def test_import_spikelm_does_not_import_numba() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, spikelm, spikelm.backends; print('numba' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# --- CUDA ---------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("coding", CODINGS)
+def test_cuda_backends_match_the_cpu_reference(coding: str) -> None:
+    layer = _layer(coding, CODINGS[coding], 16)
+    counts, v_th = _counts(layer, 7), _thresholds(7)
+    reference_acc = accumulator_backend("reference")(layer, counts)
+    reference = get_backend("reference")(layer, counts, v_th)
+    gpu = layer.to("cuda")
+    counts_gpu, v_gpu = counts.cuda(), v_th.cuda()
+    acc = accumulator_backend("torch_events")(gpu, counts_gpu)
+    assert acc.is_cuda and torch.equal(acc.cpu().to(torch.int64), reference_acc)
+    events = get_backend("torch_events", device="cuda")(gpu, counts_gpu, v_gpu)
+    assert events.is_cuda and _close_to(events.cpu(), reference)
+    dense = get_backend("torch", device="cuda")(gpu, counts_gpu, v_gpu)
+    assert dense.is_cuda and _close_to(dense.cpu(), reference)
+    assert torch.equal(get_backend("auto", device="cuda")(gpu, counts_gpu, v_gpu), dense)
+
+
+@needs_cuda
+def test_cuda_model_generates_the_cpu_reference_tokens(tiny_model) -> None:
+    import copy
+
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _set_backend(tiny_model, "reference")
+        expected = tiny_model.generate(ids, max_new_tokens=8)
+        gpu = copy.deepcopy(tiny_model).to("cuda")
+        for name in ("torch", "torch_events", "auto"):
+            _set_backend(gpu, name)
+            assert torch.equal(gpu.generate(ids.cuda(), max_new_tokens=8).cpu(), expected), name
+    _set_backend(tiny_model, "torch")
