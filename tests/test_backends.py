@@ -322,6 +322,7 @@ def test_numba_parallel_split_matches_the_reference(
         pytest.skip("needs 2 numba threads")
     # Force the parallel kernel on a small layer: output blocks at batch 1, row tiles above.
     monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(numba_events, "PARALLEL", True)
     monkeypatch.setattr(numba_events, "MIN_BLOCK", 8)
     monkeypatch.setattr(numba_events, "ROW_TILE", 2)
     assert numba_events._split(1, 3, 40, 2) == (1, 40, 2)  # batch 1: groups shared out
@@ -334,6 +335,31 @@ def test_numba_parallel_split_matches_the_reference(
     assert torch.equal(
         numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
     )
+
+
+@needs_numba
+def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkeypatch) -> None:
+    import numba
+
+    from spikelm.backends import numba_events
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs 2 numba threads")
+    chooser = numba_events._Chooser()
+    monkeypatch.setattr(numba_events, "_chooser", chooser)
+    monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
+    layer = _layer("bitwise_bidirectional", 8, 16)
+    counts, v_th = _counts(layer, 1), _thresholds(1)
+    expected = get_backend("reference")(layer, counts, v_th)
+    for _ in range(8):  # both kernels get timed; every call gives the reference's numbers
+        assert torch.equal(numba_events.linear(layer, counts, v_th), expected)
+    (key,) = chooser.state
+    assert all(len(t) == chooser.SAMPLES for t in chooser.state[key]["times"].values())
+    assert set(numba_events.parallel_choices().values()) <= {"parallel", "serial"}
+    # With made-up timings the slower mode is only re-tried after a growing number of calls.
+    chooser.state[key]["times"] = {True: [9.0] * 3, False: [1.0] * 3}
+    picks = [chooser.pick(key) for _ in range(40)]
+    assert picks.count(True) <= 3 and picks[-1] is False
 
 
 @needs_numba

@@ -101,3 +101,31 @@ def test_non_finite_activations_raise_a_clear_error(bad: float) -> None:
         adaptive_threshold_spikes(x)
     with pytest.raises(NonFiniteError):
         if_run(impulse(x, 4), 1.0)
+
+
+def test_error_aware_rounding_trades_error_for_fewer_spikes() -> None:
+    from spikelm.encoders import get_coder
+    from spikelm.neurons import error_aware_counts
+
+    coder = get_coder("bitwise_bidirectional")
+
+    def events(c):
+        return coder.events(c, 8)
+
+    a = torch.tensor([0.3, 0.6, 2.7, 6.6, 7.2, 7.6, 300.0])
+    assert error_aware_counts(a, 0.0, events, 255).tolist() == [0, 1, 3, 7, 7, 8, 255]
+    # 6.6: 7 costs 3 spikes, 6 costs 2 (error 0.6); 2.7 -> 2 saves a spike at error 0.7
+    assert error_aware_counts(a, 0.5, events, 255).tolist() == [0, 0, 2, 6, 8, 8, 255]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 256, generator=g).abs() * 4
+    spikes, errors = [], []
+    for cost in (0.0, 0.3, 1.0):
+        counts = error_aware_counts(x, cost, events, 255)
+        spikes.append(int(events(counts.to(torch.int64)).sum()))
+        errors.append(float(((x - counts) ** 2).mean()))
+    assert spikes[0] > spikes[1] > spikes[2]
+    assert errors[0] < errors[1] < errors[2]
+    signed, _ = adaptive_threshold_spikes(
+        -x, k=3.0, count_range=(-255, 255), spike_cost=0.3, events=events
+    )
+    assert bool((signed <= 0).all())

@@ -22,8 +22,10 @@ makes every call serial.
 
 Threads: numba's ``omp`` layer shares torch's OpenMP runtime, whose idle workers spin. On an
 oversubscribed machine (more busy threads than cores) a parallel call can then wait for scheduler
-slices (measured on 2 shared cores: median 32 ms instead of ~1 ms). There, start the process with
-``GOMP_SPINCOUNT=0`` (or ``OMP_WAIT_POLICY=PASSIVE``), or use ``numba.set_num_threads(1)``.
+slices (measured on 2 shared cores: median 32 ms instead of ~1.6 ms serially). So by default
+(:data:`PARALLEL` ``= "auto"``) the backend times both kernels per problem shape and keeps the
+faster (:func:`parallel_choices` tells which); ``GOMP_SPINCOUNT=0`` (or
+``OMP_WAIT_POLICY=PASSIVE``) at process start makes the parallel kernel robust there too.
 
 The accumulators are exact. The float epilogue is fused into each task (applied to its rows and
 outputs while they are in cache); it performs the operations of
@@ -68,6 +70,12 @@ MIN_BLOCK = 256
 
 PARALLEL_MIN_WORK = 1 << 20
 """Below this many ``active channels x out`` column updates a call runs serially."""
+
+PARALLEL: bool | str = "auto"
+"""Above ``PARALLEL_MIN_WORK``: ``True`` runs the parallel kernel, ``False`` the serial one, and
+``"auto"`` times both on the first calls of each problem shape and keeps the faster, trying the
+other again after 8, 16, 32, ... calls (up to every 1024th) to follow changes in machine load.
+Both give the same numbers bit for bit; only the time differs."""
 
 
 @njit(inline="always")
@@ -247,6 +255,68 @@ def cache_stats() -> dict[str, int]:
     }
 
 
+class _Chooser:
+    """Serial or parallel, per problem shape, by measured time (``PARALLEL = "auto"``).
+
+    Why: the parallel kernel shares torch's OpenMP runtime, whose idle workers spin; when the
+    machine has more busy threads than cores a parallel call can wait for scheduler slices
+    (measured on 2 shared cores: median 32 ms against 1.6 ms serial), while on an idle machine it
+    is about twice as fast as the serial one. Timing both settles it where the code runs.
+    """
+
+    SAMPLES = 3  # timings kept per mode; the median decides
+    FIRST_RETRY, LAST_RETRY = 8, 1024  # calls before the losing mode is timed again (doubling)
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+
+    def pick(self, key) -> bool:
+        state = self.state.setdefault(key, {"times": {False: [], True: []}, "wait": 0, "gap": 0})
+        times = state["times"]
+        for mode in (True, False):  # time each mode a few times first
+            if len(times[mode]) < self.SAMPLES:
+                return mode
+        best = self._best(times)
+        state["wait"] -= 1
+        if state["wait"] <= 0:  # time the other mode again, then wait twice as long
+            state["gap"] = min(self.LAST_RETRY, max(self.FIRST_RETRY, 2 * state["gap"]))
+            state["wait"] = state["gap"]
+            return not best
+        return best
+
+    def record(self, key, parallel: bool, seconds: float) -> None:
+        state = self.state.get(key)
+        if state is None:
+            return
+        previous = self._best(state["times"]) if all(state["times"].values()) else None
+        samples = state["times"][parallel]
+        samples.append(seconds)
+        del samples[: -self.SAMPLES]
+        if previous is not None and self._best(state["times"]) != previous:
+            state["gap"] = 0  # the other mode won: back to frequent checks
+            state["wait"] = min(state["wait"], self.FIRST_RETRY)
+
+    @staticmethod
+    def _best(times) -> bool:
+        return bool(float(np.median(times[True])) < float(np.median(times[False])))
+
+    def choices(self) -> dict:
+        """``{problem key: "parallel" | "serial"}`` as decided so far (for benchmarks)."""
+        return {
+            key: ("parallel" if self._best(state["times"]) else "serial")
+            for key, state in self.state.items()
+            if all(len(t) >= self.SAMPLES for t in state["times"].values())
+        }
+
+
+_chooser = _Chooser()
+
+
+def parallel_choices() -> dict:
+    """What ``PARALLEL = "auto"`` has chosen per problem shape (rows bucket, in, out, G, dtype)."""
+    return _chooser.choices()
+
+
 def _split(rows: int, groups: int, out_features: int, threads: int) -> tuple[int, int, int]:
     """``(row tile, output block, group chunks)`` of the parallel tasks: a task per thread at least.
 
@@ -297,15 +367,21 @@ def run(
     mode = MODES[coding]
     work = int(np.count_nonzero(counts)) * out_features
     # (asking for the thread count starts numba's pool: small problems never ask)
-    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+    parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+    key = (min(rows, 64).bit_length(), in_features, out_features, groups, acc_dtype)
+    if parallel and PARALLEL == "auto":
+        parallel = _chooser.pick(key)
+    _ensure(parallel, acc_dtype)
+    start = time.perf_counter()
+    if parallel:
         tile, block, gsplit = _split(rows, groups, out_features, numba.get_num_threads())
-        _ensure(True, acc_dtype)
         _run_parallel(
             counts, weight_t, acc, width, mode, steps, tile, block, gsplit, scale_t, v_th, y
         )  # fmt: skip
     else:
-        _ensure(False, acc_dtype)
         _run_serial(counts, weight_t, acc, width, mode, steps, ROW_TILE, scale_t, v_th, y)
+    if PARALLEL == "auto" and work >= PARALLEL_MIN_WORK:
+        _chooser.record(key, parallel, time.perf_counter() - start)
     return acc, (y if fused else None)
 
 
@@ -371,6 +447,7 @@ __all__ = [
     "cache_stats",
     "compile_seconds",
     "linear",
+    "parallel_choices",
     "run",
     "warmup",
 ]

@@ -40,6 +40,15 @@ def _check_steps(steps: int) -> int:
     return steps
 
 
+def popcount(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Set bits among the lowest ``bits`` of each non-negative integer (int64), elementwise."""
+    values = values.to(torch.int64)
+    total = torch.zeros_like(values)
+    for bit in range(bits):
+        total += (values >> bit) & 1
+    return total
+
+
 def bit_length(values: torch.Tensor) -> torch.Tensor:
     """Number of bits of each non-negative integer (0 -> 0, 1 -> 1, 5 -> 3), elementwise."""
     values = values.to(torch.int64).clone()
@@ -82,15 +91,19 @@ class SpikeCoder(ABC):
         """
         steps = _check_steps(steps)
         counts = _as_counts(counts)
-        lo, hi = self.count_range(steps)
         if saturate:
-            counts = counts.clamp(lo, hi)
-        elif counts.numel() and (int(counts.min()) < lo or int(counts.max()) > hi):
+            counts = counts.clamp(*self.count_range(steps))
+        return self._encode(self._in_range(counts, steps), steps)
+
+    def _in_range(self, counts: torch.Tensor, steps: int) -> torch.Tensor:
+        """``counts`` unchanged, or :class:`CountRangeError` if any lies outside the range."""
+        lo, hi = self.count_range(steps)
+        if counts.numel() and (int(counts.min()) < lo or int(counts.max()) > hi):
             raise CountRangeError(
                 f"{self.name} coding with T={steps} holds counts in [{lo}, {hi}], got values in "
                 f"[{int(counts.min())}, {int(counts.max())}]; raise T or pass saturate=True"
             )
-        return self._encode(counts, steps)
+        return counts
 
     def decode(self, spikes: torch.Tensor) -> torch.Tensor:
         """Counts (int64) from a spike train ``[T, ...]``: ``n = sum_t c_t s_t``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from spikelm.encoders.base import SpikeCoder, bit_length, time_index
+from spikelm.encoders.base import SpikeCoder, _as_counts, bit_length, popcount, time_index
 
 
 def _powers(steps: int) -> torch.Tensor:
@@ -50,6 +50,9 @@ class BitwiseCoder(SpikeCoder):
     def _steps_needed(self, counts: torch.Tensor) -> torch.Tensor:
         return bit_length(counts)
 
+    def events(self, counts: torch.Tensor, steps: int) -> torch.Tensor:
+        return popcount(self._in_range(_as_counts(counts), steps), steps)
+
 
 class BitwiseBidirectionalCoder(SpikeCoder):
     """Sign and magnitude: the bits of ``|n|``, each spike carrying ``sign(n)``."""
@@ -68,6 +71,9 @@ class BitwiseBidirectionalCoder(SpikeCoder):
 
     def _steps_needed(self, counts: torch.Tensor) -> torch.Tensor:
         return bit_length(counts.abs())
+
+    def events(self, counts: torch.Tensor, steps: int) -> torch.Tensor:
+        return popcount(self._in_range(_as_counts(counts), steps).abs(), steps)
 
 
 class BitwiseTwosComplementCoder(SpikeCoder):
