@@ -232,7 +232,7 @@ def report(args: argparse.Namespace) -> str:
             *(str(v) for v in (args.hidden, args.layers, args.intermediate, args.vocab)),
         )
         runs = []
-        cli_batches = -(-args.cli_windows // 4)  # the CLI calibrates on batches of 4 windows
+        cli_batches = -(-args.cli_windows // 4)  # the CLI's windows, 4 per batch
         for threshold, batches, batch_size, seq in (
             ("dynamic", args.calib_batches, 1, args.seq_len),
             ("static_channel", args.calib_batches, 1, args.seq_len),
@@ -282,8 +282,8 @@ def _table(args, info, runs, timed, machine: str) -> str:
         "# API rows: spikelm.hf.load_causal_lm -> spikelm.spiking(SpikeConfig(threshold=...)) "
         "on N x [B, L] random token ids -> spikelm.save",
         f"# CLI row: python -m spikelm convert DIR --out OUT --calib-ids FILE --seq-len "
-        f"{args.cli_seq_len} --calib-windows {args.cli_windows} (calibrates on {cli_batches} x "
-        f"[4, {args.cli_seq_len}]), max RSS from "
+        f"{args.cli_seq_len} --calib-windows {args.cli_windows} "
+        f"({args.cli_seq_len * args.cli_windows} calibration tokens), max RSS from "
         + ("/usr/bin/time -v" if Path("/usr/bin/time").is_file() else "a wrapper's ru_maxrss"),
         "",
     ]
@@ -323,6 +323,8 @@ def _table(args, info, runs, timed, machine: str) -> str:
         "mmap'd safetensors file, which stays mapped while any loaded tensor is alive).",
         "cal s / conv s / all s: seconds calibrating, converting, and in all (CLI: the whole "
         "command, imports included).",
+        f"The {cli_batches}x[4,{args.cli_seq_len}] row feeds the CLI's calibration windows through the "
+        "API in 4-window batches: the activation memory of a calibration batch grows with B x L.",
     ]
     for run in runs:
         phases = run["phases"]

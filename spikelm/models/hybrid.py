@@ -288,6 +288,9 @@ class HybridLM(nn.Module):
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            for name in (WEIGHTS_NAME, CONFIG_NAME):  # mkdtemp / safetensors default to owner-only
+                os.chmod(tmp / name, 0o644)
+            os.chmod(tmp, 0o755)
             if path.is_dir():
                 for name in (WEIGHTS_NAME, CONFIG_NAME):
                     os.replace(tmp / name, path / name)

@@ -1,0 +1,423 @@
+"""Backend speed: one spiking linear layer and whole-model decode, against dense and SpikingJelly.
+
+1. One ``SpikingLinear`` (random weights, SpikingBrain's coding: bitwise-bidirectional, T=8,
+   int8 weights, group 128) at 2048x2048, 4096x4096, 4096x11008 (in x out), batch 1 and 16.
+   Spike counts are drawn (seeded) in two ways:
+     - ``demo``: sampled from the real signed counts of the converted demo model on its eval text
+       (every SpikingLinear input pooled), so firing rate, silent share and popcounts match it;
+     - ``NN%``: every (channel, step) slot of the magnitude fires independently with probability
+       1 - NN/100 (random sign per channel), i.e. sparsity = 1 - events / (channels * T) = NN%.
+   Columns: numba (event-driven), torch_events (index_add_ per event), dense fp32 ``F.linear`` on
+   the dequantized input (counts * V_th) with the dequantized weight (the baseline), and
+   SpikingJelly 2.0 simulating the same layer ann2snn-style: the float activation (the dequantized
+   input, scaled to the IF threshold) is repeated over the same T steps into a multi-step
+   ``IFNode(step_mode='m', v_reset=None)`` (soft reset, its default torch path), whose spike train
+   ``[T, B, in]`` goes through the fp32 ``nn.Linear``; the T outputs are averaged. This is
+   SpikingJelly's own simulation of a converted layer (rate coding over T steps), timed from the
+   activation to the layer output, neuron reset included.
+2. Whole-model decode at batch 1: the converted demo model under ``simulate(..., backend=...)``
+   against the ANN demo model stepped token by token in fp32 (``model.step``), same tokens.
+3. The physical limit of the event-driven kernel: events/s <= memory bandwidth / column bytes
+   (column = ``out`` int8 weights), with the bandwidth measured in the same run.
+4. numba compile / cache-load cost, apart from the timings.
+
+Times are min and median over a few repetitions (``--quick``, the default and what is committed)
+or more (``--full``); every ratio uses baselines measured in the same run.
+
+    python benchmarks/bench_backends.py --out benchmarks/results/bench_backends.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_machine  # noqa: E402
+
+from spikelm.backends import get_backend  # noqa: E402
+from spikelm.config import SpikeConfig  # noqa: E402
+from spikelm.convert import spiking, spiking_layer  # noqa: E402
+from spikelm.encoders import get_coder  # noqa: E402
+from spikelm.estimators import summarize  # noqa: E402
+from spikelm.fidelity import token_batches  # noqa: E402
+from spikelm.layers import SpikingLinear, collect_stats  # noqa: E402
+from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
+from spikelm.simulate import simulate  # noqa: E402
+
+SIZES = ((2048, 2048), (4096, 4096), (4096, 11008))
+BATCHES = (1, 16)
+SPARSITIES = (0.50, 0.80, 0.90, 0.95, 0.99)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def timeit(fn: Callable[[], object], reps: int, budget: float, slow: float = 1.0) -> list[float]:
+    """Seconds per call: one warm-up call, then up to ``reps`` calls within ``budget`` seconds.
+
+    A call slower than ``slow`` seconds is measured once (its warm-up is the measurement).
+    """
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    if first > slow:
+        return [first]
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < reps and (spent < budget or len(times) < 2):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return times
+
+
+def fmt_ms(times: list[float] | None) -> str:
+    if not times:
+        return "n/a"
+    return f"{min(times) * 1e3:.2f}/{statistics.median(times) * 1e3:.2f}"
+
+
+# --- spike counts --------------------------------------------------------------------------------
+
+
+def demo_counts(config: SpikeConfig, eval_windows: int) -> tuple[torch.Tensor, object]:
+    """Signed counts of every SpikingLinear input of the converted demo model on eval text."""
+    tokenizer = ByteTokenizer()
+    calib_text, eval_text = load_demo_texts()
+    calib = token_batches(torch.tensor(tokenizer.encode(calib_text)), 256, 4, 8)
+    evaluation = token_batches(torch.tensor(tokenizer.encode(eval_text)), 256, 4, eval_windows)
+    snn = spiking(load_demo_model(), config, calib, progress=False)
+    pool: list[torch.Tensor] = []
+
+    def record(layer: SpikingLinear, counts: torch.Tensor) -> None:
+        pool.append(counts.detach().to(torch.int16).flatten())
+
+    layers = [m for m in snn.modules() if isinstance(m, SpikingLinear)]
+    for layer in layers:
+        layer.recorder = record
+    with torch.no_grad(), collect_stats(snn) as stats:
+        for batch in evaluation:
+            snn(batch)
+    for layer in layers:
+        layer.recorder = None
+    return torch.cat(pool), summarize(stats.values())
+
+
+def sample_demo(pool: torch.Tensor, rows: int, channels: int, gen: torch.Generator) -> torch.Tensor:
+    index = torch.randint(len(pool), (rows * channels,), generator=gen)
+    return pool[index].to(torch.float32).reshape(rows, channels)
+
+
+def sample_sparsity(
+    sparsity: float, rows: int, channels: int, steps: int, gen: torch.Generator
+) -> torch.Tensor:
+    fire = torch.rand(rows, channels, steps, generator=gen) < (1.0 - sparsity)
+    magnitude = (fire.to(torch.int64) << torch.arange(steps)).sum(-1)
+    sign = torch.where(torch.rand(rows, channels, generator=gen) < 0.5, -1, 1)
+    return (magnitude * sign).to(torch.float32)
+
+
+def event_count(counts: torch.Tensor, config: SpikeConfig) -> int:
+    return int(get_coder(config.coding).events(counts.to(torch.int64), config.steps).sum())
+
+
+# --- SpikingJelly ---------------------------------------------------------------------------------
+
+
+def spikingjelly_runner():
+    """``make(weight) -> run(x)``, or the reason SpikingJelly cannot be used."""
+    try:
+        from spikingjelly.activation_based import functional, neuron
+    except Exception as error:  # noqa: BLE001 - any import failure means "not available"
+        return None, f"{type(error).__name__}: {error}"
+
+    def make(weight: torch.Tensor, steps: int):
+        fc = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        fc.weight.data = weight
+        node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m")
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            functional.reset_net(node)
+            spikes = node(x.unsqueeze(0).repeat(steps, 1, 1))  # [T, B, in]
+            return fc(spikes.flatten(0, 1)).reshape(steps, x.shape[0], -1).mean(0)
+
+        return run
+
+    return make, None
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def memory_bandwidth(reps: int) -> float:
+    """Bytes read + written per second by a numpy copy of a 256 MiB array (best of ``reps``)."""
+    src = np.ones(1 << 28, dtype=np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best
+
+
+def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) -> dict:
+    config = SpikeConfig()
+    make_sj, sj_reason = spikingjelly_runner()
+    if sj_reason:
+        report(f"SpikingJelly not available: {sj_reason}")
+    numba_fn = get_backend("numba")
+    events_fn = get_backend("torch_events")
+    gen = torch.Generator().manual_seed(0)
+    key: dict = {}
+    report(
+        "times in ms, min/median | sparsity = 1 - events/(in*T) | 'x dense' = dense/numba, "
+        "'x SJ' = SpikingJelly/numba (>1: numba faster) | BW frac = numba events/s / (BW/out bytes)"
+    )
+    header = (
+        f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
+        f"{'numba':>15} {'torch_events':>15} {'dense F.linear':>15} {'SpikingJelly':>15} | "
+        f"{'x dense':>7} {'x SJ':>7} {'BW frac':>7}"
+    )
+    for in_f, out_f in SIZES:
+        torch.manual_seed(0)
+        layer = spiking_layer(nn.Linear(in_f, out_f, bias=False), config, f"{in_f}x{out_f}")
+        weight = layer.dequantized_weight()
+        layer.transposed_weight_q()
+        sj_run = make_sj(weight, config.steps) if make_sj else None
+        report()
+        report(header)
+        report("-" * len(header))
+        for batch in BATCHES:
+            kinds = [("demo", None)] + [(f"{int(s * 100)}%", s) for s in SPARSITIES]
+            for label, sparsity in kinds:
+                if sparsity is None:
+                    counts = sample_demo(pool, batch, in_f, gen)
+                else:
+                    counts = sample_sparsity(sparsity, batch, in_f, config.steps, gen)
+                v_th = torch.full((batch, 1), 0.01)
+                x = counts * v_th
+                events = event_count(counts, config)
+                spars = 1.0 - events / (batch * in_f * config.steps)
+                reps, budget = args.reps, args.budget
+                with torch.no_grad():
+                    numba_fn(layer, counts, v_th)  # let PARALLEL="auto" time both kernels
+                    numba_fn(layer, counts, v_th)
+                    t_numba = timeit(lambda a=(layer, counts, v_th): numba_fn(*a), reps, budget)
+                    t_events = timeit(lambda a=(layer, counts, v_th): events_fn(*a), reps, budget)
+                    t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget)
+                    t_sj = None
+                    if sj_run is not None:
+                        scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
+                        xs = x / scale
+                        t_sj = timeit(lambda f=sj_run, a=xs: f(a), reps, budget)
+                n_med = statistics.median(t_numba)
+                x_dense = statistics.median(t_dense) / n_med
+                x_sj = statistics.median(t_sj) / n_med if t_sj else float("nan")
+                frac = (events / n_med) / (bandwidth / out_f)
+                report(
+                    f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
+                    f"{events / batch:>7.0f} | {fmt_ms(t_numba):>15} {fmt_ms(t_events):>15} "
+                    f"{fmt_ms(t_dense):>15} {fmt_ms(t_sj):>15} | "
+                    f"{x_dense:>7.2f} {x_sj:>7.2f} {frac:>7.2f}"
+                )
+                key[(in_f, out_f, batch, label)] = (x_dense, x_sj, frac)
+    return key
+
+
+def peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def vm_hwm_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decode_section(args, report: Report) -> dict:
+    tokenizer = ByteTokenizer()
+    calib_text, eval_text = load_demo_texts()
+    calib = token_batches(torch.tensor(tokenizer.encode(calib_text)), 256, 4, 8)
+    prompt = torch.tensor(tokenizer.encode(eval_text)[: args.prompt_tokens])
+    ann = load_demo_model()
+    snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False)
+    results = {}
+    report(
+        f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
+        f"(greedy), torch threads = 1; peak = VmHWM after a reset (process-wide RSS, MiB)"
+    )
+
+    def ann_run() -> tuple[float, int]:
+        with torch.no_grad():
+            state = ann.init_state(1)
+            start = time.perf_counter()
+            tokens = 0
+            for t in range(len(prompt)):
+                logits, state = ann.step(prompt[t : t + 1], state)
+                tokens += 1
+            for i in range(args.new_tokens):
+                next_id = logits.argmax(-1)
+                if i == args.new_tokens - 1:
+                    break
+                logits, state = ann.step(next_id, state)
+                tokens += 1
+            return time.perf_counter() - start, tokens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ann_run()  # warm-up
+        rows = []
+        for name, fn in (
+            ("ANN fp32 (model.step)", ann_run),
+            *(
+                (
+                    f"spiking, simulate backend={b}",
+                    lambda b=b: (lambda r: (r.seconds, r.tokens))(
+                        simulate(
+                            snn,
+                            prompt,
+                            new_tokens=args.new_tokens,
+                            backend=b,
+                            threads=1,
+                            progress=False,
+                        )
+                    ),
+                )
+                for b in ("numba", "torch")
+            ),
+        ):
+            fn()  # warm-up (numba kernels per shape, allocator)
+            reset = peak_rss_reset()
+            seconds = []
+            for _ in range(args.decode_reps):
+                s, tokens = fn()
+                seconds.append(s)
+            peak = vm_hwm_mib() if reset else float("nan")
+            tps = [tokens / s for s in seconds]
+            rows.append((name, tokens, max(tps), statistics.median(tps), peak))
+    finally:
+        torch.set_num_threads(threads)
+    report(f"{'run':<34} {'tokens':>6} {'tok/s best':>10} {'tok/s med':>10} {'peak MiB':>9}")
+    for name, tokens, best, med, peak in rows:
+        report(f"{name:<34} {tokens:>6} {best:>10.1f} {med:>10.1f} {peak:>9.0f}")
+        results[name] = med
+    ann_tps = results["ANN fp32 (model.step)"]
+    for name, med in results.items():
+        if name.startswith("spiking"):
+            report(f"  {name}: {med / ann_tps:.2f}x the ANN's tokens/s (median)")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="full", action="store_false", help="few reps (default)")
+    mode.add_argument("--full", dest="full", action="store_true", help="more repetitions")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    parser.set_defaults(full=False)
+    args = parser.parse_args()
+    args.reps, args.budget = (20, 2.0) if args.full else (5, 0.5)
+    args.decode_reps = 3 if args.full else 1
+    args.prompt_tokens, args.new_tokens = 64, 64
+    args.eval_windows = 16 if args.full else 4
+
+    report = Report()
+    report("# bench_backends: spiking linear backends vs dense fp32 and SpikingJelly 2.0")
+    report(describe_machine())
+    report(
+        f"# load average at start: {loadavg()} (1/5/15 min) -- shared machine: other jobs "
+        "run at the same time, so absolute times are noisy; ratios are measured back to back"
+    )
+    report(f"# mode: {'full' if args.full else 'quick'}; coding {SpikeConfig().coding}, T=8, k=3")
+    wall = time.perf_counter()
+
+    from spikelm.backends import numba_events
+
+    numba_events.warmup()
+    report()
+    report("## 4. compile cost (numba)")
+    report(
+        f"warmup(): {numba_events.compile_seconds():.2f} s compiling / loading kernels "
+        f"(on-disk cache {numba_events.cache_stats()}), excluded from every timing below; "
+        f"numba threads {numba_events.numba.get_num_threads()}, PARALLEL={numba_events.PARALLEL!r}"
+    )
+
+    report()
+    report("## 3. memory bandwidth (numpy copy of 256 MiB, read + write)")
+    bandwidth = memory_bandwidth(5 if args.full else 3)
+    report(f"bandwidth: {bandwidth / 1e9:.2f} GB/s -> event bound = BW / out bytes (int8 column)")
+    for _, out_f in SIZES:
+        report(f"  out={out_f}: <= {bandwidth / out_f / 1e6:.1f} M events/s")
+
+    report()
+    report("## 1. one spiking linear layer")
+    pool, demo_stats = demo_counts(SpikeConfig(), args.eval_windows)
+    report(
+        f"demo firing (converted demo model, {demo_stats.tokens} eval tokens, all spiking layers): "
+        f"{demo_stats.spikes_per_channel:.3f} spikes/channel, sparsity {demo_stats.sparsity:.1%}, "
+        f"silent share {demo_stats.silent_share:.1%}; 'demo' rows sample these real counts"
+    )
+    key = layer_section(args, report, pool, bandwidth)
+    report(
+        "BW frac > 1 at batch 16: a column read once serves up to 8 rows (row tiles), so the "
+        "per-event bound is not a ceiling there"
+    )
+
+    report()
+    report("## 2. whole-model decode")
+    decode = decode_section(args, report)
+    report("HF tiny llama comparison: skipped (hidden size 32: per-call overhead only)")
+
+    report()
+    report("## key ratios")
+    x_dense, x_sj, frac = key[(4096, 4096, 1, "demo")]
+    report(
+        f"4096x4096, batch 1, demo firing: numba {x_dense:.2f}x faster than dense F.linear, "
+        f"{x_sj:.2f}x faster than SpikingJelly; {frac:.0%} of the bandwidth bound"
+    )
+    ann_tps = decode["ANN fp32 (model.step)"]
+    spk = decode["spiking, simulate backend=numba"]
+    report(f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the ANN tok/s")
+    report(f"# load average at end: {loadavg()}; wall {time.perf_counter() - wall:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
