@@ -393,10 +393,6 @@ def main() -> None:
         f"silent share {demo_stats.silent_share:.1%}; 'demo' rows sample these real counts"
     )
     key = layer_section(args, report, pool, bandwidth)
-    report(
-        "BW frac > 1 at batch 16: a column read once serves up to 8 rows (row tiles), so the "
-        "per-event bound is not a ceiling there"
-    )
 
     report()
     report("## 2. whole-model decode")

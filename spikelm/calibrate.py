@@ -89,7 +89,26 @@ def prepare(model: nn.Module, config: SpikeConfig) -> nn.Module:
 
 
 def _default_run(model: nn.Module, batch: Any) -> None:
-    model(batch)
+    model(batch, **_calibration_kwargs(model))
+
+
+def _calibration_kwargs(model: nn.Module) -> dict[str, Any]:
+    """For transformers causal LMs: no KV cache, and only the last position's logits unless the
+    output projection itself is calibrated (``[B, L, vocab]`` float logits are often the largest
+    tensor of a calibration forward)."""
+    if not type(model).__module__.startswith("transformers."):
+        return {}
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    kwargs: dict[str, Any] = {}
+    if "use_cache" in accepted:
+        kwargs["use_cache"] = False
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    observed = {id(model.get_submodule(name)) for name in _attach(model)}
+    if "logits_to_keep" in accepted and head is not None and id(head) not in observed:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
 
 
 @torch.no_grad()

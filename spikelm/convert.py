@@ -65,9 +65,9 @@ def spiking_layer(
         backend=backend,
         name=name,
     )
-    weight_q, scale = quantize_weight(
-        linear.weight.to(torch.float32) * divisor, config.weight_bits, config.group_size
-    )
+    weight = linear.weight if bool((divisor == 1).all()) else linear.weight.float() * divisor
+    weight_q, scale = quantize_weight(weight, config.weight_bits, config.group_size)
+    del weight
     layer.weight_q.copy_(weight_q)
     layer.weight_scale.copy_(scale)
     layer.input_divisor.copy_(divisor)
@@ -84,9 +84,11 @@ def convert(model: nn.Module, *, backend: str = "torch") -> nn.Module:
     if config is None:
         raise ConfigError("convert() needs a model returned by prepare() (and calibrate())")
     observers = detach_observers(model)
-    for name, linear in target_linears(model, config).items():
-        _set_submodule(model, name, spiking_layer(linear, config, name, observers.get(name), backend))
-        del linear
+    for name in list(target_linears(model, config)):  # names only: no float layer kept alive
+        linear = model.get_submodule(name)
+        layer = spiking_layer(linear, config, name, observers.pop(name, None), backend)
+        _set_submodule(model, name, layer)
+        del linear, layer
     return model
 
 

@@ -39,10 +39,11 @@ def quantize_weight(
     out_features, in_features = weight.shape
     groups = group_count(in_features, group_size)
     q_max = 2 ** (bits - 1) - 1
-    grouped = weight.detach().to(torch.float32).reshape(out_features, groups, -1)
-    scale = grouped.abs().amax(-1) / q_max
+    # one float32 working copy, then in place: peak ~1x the layer's float size, not ~4x
+    work = weight.detach().to(torch.float32, copy=True).reshape(out_features, groups, -1)
+    scale = torch.maximum(work.amax(-1), work.amin(-1).neg_()) / q_max
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(grouped / scale.unsqueeze(-1)).clamp(-q_max, q_max)
+    codes = work.div_(scale.unsqueeze(-1)).round_().clamp_(-q_max, q_max)
     return codes.reshape(out_features, in_features).to(torch.int8), scale
 
 

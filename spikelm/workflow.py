@@ -103,7 +103,7 @@ def convert_model(
     progress: bool = True,
 ) -> ConversionResult:
     """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save."""
-    calib = _windows(calib_ids, seq_len, calib_windows, "calibration")
+    calib = _windows(calib_ids, seq_len, calib_windows, "calibration", batch_size=1)
     needs_calibration = config.threshold != "dynamic" or config.smooth_alpha is not None
     if calib is None and needs_calibration:
         raise ConfigError(
@@ -131,11 +131,15 @@ def convert_model(
 
 
 def _windows(
-    ids: torch.Tensor | None, seq_len: int, max_windows: int | None, what: str
+    ids: torch.Tensor | None,
+    seq_len: int,
+    max_windows: int | None,
+    what: str,
+    batch_size: int = 4,
 ) -> list[torch.Tensor] | None:
     if ids is None:
         return None
-    batches = token_batches(ids, seq_len, batch_size=4, max_windows=max_windows)
+    batches = token_batches(ids, seq_len, batch_size=batch_size, max_windows=max_windows)
     if not batches:
         raise ConfigError(
             f"the {what} set is empty: it needs at least {seq_len} tokens (got {ids.numel()})"
