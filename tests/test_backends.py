@@ -43,13 +43,7 @@ INT_BACKENDS = [b for b in INTEGER_BACKENDS if b != "numba" or numba_available()
 ALL_BACKENDS = [*INT_BACKENDS, "torch", "auto"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Correctness tests of tiny tensors: one torch thread (no OpenMP wake-ups on busy machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _layer(coding: str, steps: int, group_size: int | None, n_in=48, n_out=40, seed=0):

@@ -6,22 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_HYBRID
 
 import spikelm
 from spikelm.errors import SpikelmError
 from spikelm.layers import SpikingLinear
-from spikelm.models import HybridConfig, HybridLM
+from spikelm.models import HybridLM
 
-CONFIG = HybridConfig(
-    vocab_size=256,
-    hidden_size=64,
-    n_layers=2,
-    n_heads=2,
-    head_dim=32,
-    intermediate_size=128,
-    window=8,
-    layer_types=["gla", "swa"],
-)
+CONFIG = TINY_HYBRID
 
 
 def _ids(seed: int, length: int = 48) -> torch.Tensor:
@@ -38,7 +30,11 @@ def converted():
 
 def test_round_trip_gives_identical_logits(converted, tmp_path) -> None:
     out = spikelm.save(converted, tmp_path / "ckpt")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "spikelm.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "spikelm.json",
+    ]
     restored, tokenizer = spikelm.load(out, with_tokenizer=True)
     assert tokenizer is not None and tokenizer.decode(tokenizer.encode("héllo")) == "héllo"
     ids = _ids(9)

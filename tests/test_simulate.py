@@ -10,26 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_HYBRID
 
 import spikelm
 from spikelm.cli import main
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.layers import SpikingLinear
-from spikelm.models import HybridConfig, HybridLM
+from spikelm.models import HybridLM
 from spikelm.simulate import NO_GPU_MESSAGE, backend_names, simulate
 from spikelm.spikes import SpikeReader
 
-CONFIG = HybridConfig(
-    vocab_size=256,
-    hidden_size=64,
-    n_layers=2,
-    n_heads=2,
-    head_dim=32,
-    intermediate_size=128,
-    window=8,
-    layer_types=["gla", "swa"],
-)
+CONFIG = TINY_HYBRID
 PROMPT = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(1))  # > window
 NEW = 8
 
