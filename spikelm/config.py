@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from spikelm.encoders import CODERS, get_coder
+from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError
 
 ThresholdMode = Literal["dynamic", "static_tensor", "static_channel"]
@@ -56,7 +56,6 @@ class SpikeConfig:
     include: tuple[str, ...] = ("*",)
     max_calib_rows: int = 4096
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         get_coder(self.coding)
@@ -113,4 +112,4 @@ class SpikeConfig:
         return cls(**values)
 
 
-__all__ = ["CODERS", "SpikeConfig"]
+__all__ = ["SpikeConfig"]
