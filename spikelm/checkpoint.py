@@ -19,6 +19,7 @@ from typing import Any
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from spikelm.backends import get_backend
 from spikelm.config import SpikeConfig
 from spikelm.convert import _set_submodule, spiking_layers
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
@@ -131,6 +132,7 @@ def load(
     ``with_tokenizer=True`` returns ``(model, tokenizer_or_None)``.
     """
     path = Path(directory)
+    get_backend(backend)  # an unknown backend name fails here, before any loading
     manifest = read_manifest(path)
     config = SpikeConfig.from_dict(manifest["spike_config"])
     weights = path / WEIGHTS

@@ -82,3 +82,9 @@ def test_unconverted_model_cannot_be_saved(tmp_path) -> None:
     with pytest.raises(SpikelmError, match="converted"):
         spikelm.save(HybridLM(CONFIG), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_unknown_backend_is_refused_before_loading(converted, tmp_path) -> None:
+    out = spikelm.save(converted, tmp_path / "ckpt")
+    with pytest.raises(SpikelmError, match="unknown backend 'gpu9'"):
+        spikelm.load(out, backend="gpu9")
