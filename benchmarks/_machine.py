@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -13,7 +14,9 @@ def describe_machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     try:
@@ -26,3 +29,13 @@ def describe_machine() -> str:
         f"Python {platform.python_version()} | torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)"
     )
+
+
+def emit(text: str, out: str | os.PathLike[str] | None) -> None:
+    """Print a benchmark's report and, with ``out``, write it there too (one trailing newline)."""
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")

@@ -368,10 +368,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     text = report(args) + f"\n# benchmark wall time {time.perf_counter() - start:.0f} s"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    from _machine import emit
+
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe_machine  # noqa: E402
+from _machine import describe_machine, emit  # noqa: E402
 
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.convert import spiking  # noqa: E402
@@ -160,9 +160,7 @@ def main() -> None:
     start = time.perf_counter()
     ann_ppl, curves = sweep(args)
     text = report(ann_ppl, curves, time.perf_counter() - start)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(text, args.out)
     if args.plot:
         plot(ann_ppl, curves, args.plot)
 

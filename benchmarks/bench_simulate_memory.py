@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe_machine  # noqa: E402
+from _machine import describe_machine, emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1e6
@@ -209,10 +209,7 @@ def main() -> None:
         f"total benchmark time {time.perf_counter() - started:.0f} s",
     ]
     report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from _machine import describe_machine
+from _machine import describe_machine, emit
 
 from spikelm.spikes import SpikeReader, SpikeTrain, SpikeWriter
 
@@ -302,10 +302,7 @@ def main() -> None:
         f"total run time {time.perf_counter() - started:.0f} s",
     ]
     report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spikelm.config import SpikeConfig
-from spikelm.errors import ConfigError, NonFiniteError
+from spikelm.errors import ConfigError
+from spikelm.neurons import check_finite
 
 
 class ActivationObserver:
@@ -39,9 +40,7 @@ class ActivationObserver:
 
     def observe(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).cpu()
-        if not bool(torch.isfinite(rows).all()):
-            bad = "NaN" if bool(torch.isnan(rows).any()) else "inf"
-            raise NonFiniteError(f"{bad} in calibration activations of layer {self.name!r}")
+        check_finite(rows, f"calibration activations of layer {self.name!r}")
         magnitude = rows.abs()
         self.rows += rows.shape[0]
         self.sum_abs += magnitude.sum(0, dtype=torch.float64)

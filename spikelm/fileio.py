@@ -96,7 +96,7 @@ def check_safetensors_file(file: str | os.PathLike[str]) -> None:
     except OSError as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"{file}: cannot read safetensors file: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{file}: cannot read safetensors file: {one_line(exc)}") from exc
     try:
         header = json.loads(raw_header)
         data_end = max(
@@ -108,7 +108,7 @@ def check_safetensors_file(file: str | os.PathLike[str]) -> None:
             default=0,
         )
     except (ValueError, AttributeError, IndexError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{file}: corrupt safetensors header: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{file}: corrupt safetensors header: {one_line(exc)}") from exc
     expected = 8 + header_len + data_end
     if size < expected:
         raise CheckpointError(f"{file}: truncated safetensors file ({size} of {expected} bytes)")
@@ -120,10 +120,10 @@ def check_safetensors_file(file: str | os.PathLike[str]) -> None:
         with safe_open(file, framework="pt"):
             pass
     except Exception as exc:  # safetensors raises its own SafetensorError and plain OSError
-        raise CheckpointError(f"{file}: corrupt safetensors file: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{file}: corrupt safetensors file: {one_line(exc)}") from exc
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
+def one_line(exc: BaseException, limit: int = 400) -> str:
     """An exception's message on one line (whitespace collapsed, cut to ``limit`` characters)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -39,7 +39,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError
-from spikelm.fileio import _one_line, check_safetensors_file
+from spikelm.fileio import check_safetensors_file, one_line
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "llama",
@@ -100,7 +100,7 @@ def load_causal_lm(
             )
     except (OSError, ValueError, RuntimeError, StrictDataclassError) as exc:
         _replay(held)  # transformers' own failures may point at its report ("see above")
-        raise CheckpointError(f"{location}: cannot load model: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{location}: cannot load model: {one_line(exc)}") from exc
     _check_loading_info(info, location)  # its one line says what the held report would
     _replay(held)
     model.eval()
@@ -128,7 +128,7 @@ def check_config_file(path: Path) -> None:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{config_file}: not a valid JSON config: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{config_file}: not a valid JSON config: {one_line(exc)}") from exc
     if not isinstance(config, dict) or "model_type" not in config:
         raise CheckpointError(f"{config_file}: no model_type in config")
     check_model_type(config["model_type"], str(path))
@@ -174,7 +174,7 @@ def load_tokenizer(
         if not local:
             return None  # a hub repository without tokenizer files
         raise CheckpointError(
-            f"{path}: tokenizer files present but unreadable: {_one_line(exc)}"
+            f"{path}: tokenizer files present but unreadable: {one_line(exc)}"
         ) from exc
 
 
@@ -202,7 +202,7 @@ def weight_files(path: Path) -> list[Path]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid safetensors index: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{index}: not a valid safetensors index: {one_line(exc)}") from exc
     files = [path / shard for shard in shards]
     for shard in files:
         if not shard.is_file():
@@ -256,7 +256,7 @@ def _read_npy_ids(path: Path) -> list[torch.Tensor]:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable .npy file: {_one_line(exc)}") from exc
+        raise ConfigError(f"{path}: not a readable .npy file: {one_line(exc)}") from exc
     if not np.issubdtype(array.dtype, np.integer) or array.ndim not in (1, 2):
         raise ConfigError(
             f"{path}: expected a 1-D or 2-D integer array, got {array.ndim}-D {array.dtype}"
@@ -269,7 +269,7 @@ def _read_text_ids(path: Path) -> list[torch.Tensor]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read token ids: {_one_line(exc)}") from exc
+        raise ConfigError(f"{path}: cannot read token ids: {one_line(exc)}") from exc
     seqs = []
     for lineno, line in enumerate(lines, start=1):
         fields = line.split()
@@ -279,7 +279,7 @@ def _read_text_ids(path: Path) -> list[torch.Tensor]:
             seqs.append(torch.tensor([int(f) for f in fields], dtype=torch.long))
         except ValueError as exc:
             raise ConfigError(
-                f"{path}:{lineno}: not whitespace-separated ints: {_one_line(exc)}"
+                f"{path}:{lineno}: not whitespace-separated ints: {one_line(exc)}"
             ) from exc
     return seqs
 
@@ -307,7 +307,7 @@ def _load_config(location: str, trust_remote_code: bool) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, StrictDataclassError) as exc:
-        raise CheckpointError(f"{location}: cannot load config: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{location}: cannot load config: {one_line(exc)}") from exc
 
 
 def _apply_inference_rescaling(model: PreTrainedModel) -> None:

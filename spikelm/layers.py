@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,14 +147,21 @@ class SpikingLinear(nn.Module):
 
 
 @contextlib.contextmanager
-def collect_stats(model: nn.Module) -> Iterator[dict[str, SpikeStats]]:
+def attached(
+    layers: dict[str, SpikingLinear], attribute: str, objects: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Set ``layer.<attribute> = objects[name]`` on each layer for the block, then ``None``."""
+    for name, layer in layers.items():
+        setattr(layer, attribute, objects[name])
+    try:
+        yield objects
+    finally:
+        for layer in layers.values():
+            setattr(layer, attribute, None)
+
+
+def collect_stats(model: nn.Module) -> contextlib.AbstractContextManager[dict[str, SpikeStats]]:
     """Record firing statistics of every ``SpikingLinear`` in ``model`` while the block runs."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
     stats = {name: SpikeStats(steps=layer.steps) for name, layer in layers.items()}
-    for name, layer in layers.items():
-        layer.stats = stats[name]
-    try:
-        yield stats
-    finally:
-        for layer in layers.values():
-            layer.stats = None
+    return attached(layers, "stats", stats)

@@ -48,7 +48,7 @@ from torch import nn
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
-from spikelm.layers import SpikingLinear
+from spikelm.layers import SpikingLinear, attached
 
 NO_GPU_MESSAGE = "CUDA requested but no GPU is available (torch.cuda.is_available() is False)"
 FLUSH_TOKENS = 64
@@ -215,16 +215,9 @@ class _LayerProbe:
         self.rows, self.pending, self.tokens = [], [], 0
 
 
-@contextlib.contextmanager
 def _probes(layers: dict[str, SpikingLinear], recorded: Collection[str]):
     probes = {name: _LayerProbe(name, layer, name in recorded) for name, layer in layers.items()}
-    for name, layer in layers.items():
-        layer.recorder = probes[name]
-    try:
-        yield probes
-    finally:
-        for layer in layers.values():
-            layer.recorder = None
+    return attached(layers, "recorder", probes)
 
 
 # --- steppers: one token in, next-token logits out ---------------------------------------------

@@ -29,7 +29,7 @@ from spikelm.errors import (
     ShapeError,
     SpikeFileError,
 )
-from spikelm.fileio import partial_path
+from spikelm.fileio import one_line, partial_path
 
 if TYPE_CHECKING:
     import h5py
@@ -214,10 +214,6 @@ class SpikeTrain:
         return sum(getattr(self, name).nbytes for name in _FIELDS)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 @dataclass
 class _Column:
     """A dataset appended to in whole chunks; rows wait here until they fill one."""
@@ -322,9 +318,7 @@ class SpikeWriter:
                 self._tmp, "w", track_order=True, rdcc_nbytes=0
             )
         except OSError as exc:
-            raise SpikeFileError(
-                f"{self.path}: cannot create spike file: {_one_line(exc)}"
-            ) from exc
+            raise SpikeFileError(f"{self.path}: cannot create spike file: {one_line(exc)}") from exc
         try:
             self._file.attrs.update(
                 {
@@ -478,7 +472,7 @@ class SpikeReader:
             self._file = h5py.File(self.path, "r", rdcc_nbytes=0)
         except OSError as exc:
             raise SpikeFileError(
-                f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {_one_line(exc)}"
+                f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {one_line(exc)}"
             ) from exc
         try:
             with self._reading("the file's metadata"):
@@ -505,7 +499,7 @@ class SpikeReader:
         except SpikeFileError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise SpikeFileError(f"{self.path}: cannot read {what}: {_one_line(exc)}") from exc
+            raise SpikeFileError(f"{self.path}: cannot read {what}: {one_line(exc)}") from exc
 
     def _fail(self, problem: str) -> SpikeFileError:
         return SpikeFileError(f"{self.path}: {problem}")
