@@ -314,18 +314,58 @@ def test_numba_parallel_split_matches_the_reference(
 
     if numba.get_num_threads() < 2:
         pytest.skip("needs 2 numba threads")
-    # Force the parallel kernel on a small layer: output blocks at batch 1, row tiles above.
+    # Force the parallel kernel on a small layer: tasks are rows x output blocks.
     monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(numba_events, "PARALLEL", True)
-    monkeypatch.setattr(numba_events, "MIN_BLOCK", 8)
-    monkeypatch.setattr(numba_events, "ROW_TILE", 2)
-    assert numba_events._split(1, 3, 40, 2) == (1, 40, 2)  # batch 1: groups shared out
-    assert numba_events._split(1, 1, 40, 2) == (1, 20, 1)  # one group: outputs split
-    assert numba_events._split(5, 3, 40, 2) == (2, 40, 1)  # rows
+    monkeypatch.setattr(numba_events, "BLOCK", 16)  # out 40: blocks of 16, 16 and 8 (padded)
     layer = _layer(coding, CODINGS[coding], group_size)
     counts, v_th = _counts(layer, rows), _thresholds(rows)
     acc = numba_events.accumulators(layer, counts)
     assert torch.equal(acc.to(torch.int64), accumulator_backend("reference")(layer, counts))
+    assert torch.equal(
+        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+    )
+
+
+@needs_numba
+@pytest.mark.parametrize("coding", ["bitwise_bidirectional", "bitwise_twos_complement", "ternary"])
+def test_numba_planes_are_flushed_before_int16_overflows(coding: str) -> None:
+    """600 channels in one group at full weight and count: each step plane would sum far more
+    than int16 holds if it were not merged every PLANE_CHANNELS channels."""
+    from spikelm.backends import numba_events
+
+    layer = _layer(coding, CODINGS[coding], None, n_in=600, n_out=24)
+    layer.weight_q.fill_(-128)
+    layer.weight_q[1::2] = 127
+    lo, hi = layer.count_range
+    counts = torch.full((3, 600), float(hi))
+    counts[1] = lo
+    counts[2, ::3] = lo
+    v_th = _thresholds(3)
+    expected = accumulator_backend("reference")(layer, counts)
+    assert int(expected.abs().max()) > 255 * 128 * 2  # far beyond one int16 plane
+    assert torch.equal(numba_events.accumulators(layer, counts).to(torch.int64), expected)
+    assert torch.equal(
+        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+    )
+
+
+@needs_numba
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("coding", ["bitwise_bidirectional", "bitwise_twos_complement", "ternary"])
+def test_numba_runs_of_alike_channels_match_the_reference(coding: str, group_size) -> None:
+    """Demo-like counts (mostly one or two spikes, many sharing a step): the kernel's sorted
+    order, its four-channel adds and its two/three-spike passes give the reference's sums."""
+    from spikelm.backends import numba_events
+
+    layer = _layer(coding, CODINGS[coding], group_size, n_in=96, n_out=40)
+    g = torch.Generator().manual_seed(3)
+    values = torch.tensor([0, 0, 1, -1, 2, -2, 4, 3, -3, 6, 5, -5])
+    counts = values[torch.randint(0, len(values), (3, 96), generator=g)].to(torch.float32)
+    counts[1, :40] = 1  # long runs of one kind
+    v_th = _thresholds(3)
+    expected = accumulator_backend("reference")(layer, counts)
+    assert torch.equal(numba_events.accumulators(layer, counts).to(torch.int64), expected)
     assert torch.equal(
         numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
     )

@@ -1,24 +1,38 @@
 """Event-driven CPU backend compiled with numba: weight columns added per spike event.
 
-For each row (token) ``m`` and each active input channel ``i`` (count ``n != 0``), the kernel
-decodes ``n`` into its spike events inline, as the layer's coding defines them, and for each event
-adds the channel's int8 weight column into the int32 accumulators ``acc[m, group(i), :]``:
+Every spike event ``(row m, input channel i, step t, polarity p)`` adds ``p * W_q[:, i]`` into a
+per-step partial sum, and the step weights ``c_t`` are applied once per sum, by shifts:
 
-- bitwise / bitwise_bidirectional: one event per set bit ``t`` of ``|n|``; the event adds
-  ``column << t`` (subtracts, for a negative count): shift-add, no multiplies;
-- bitwise_twos_complement: one event per set bit of the ``T``-bit pattern of ``n``; the top bit
-  ``T - 1`` subtracts ``column << (T - 1)``;
-- binary / ternary (unary): ``|n|`` events that all add (or subtract) the same column.
+    P_t[m, :] = sum over events at step t of p * W_q[:, i]        (int16 "planes")
+    acc[m, g, :] = sum_t c_t * P_t        (c_t = +-2^t for bitwise codes: a shift; 1 for unary)
 
-Nothing in the inner loop multiplies. The weights are held transposed, ``W_q^T [in, out]``
-(int8, contiguous, cached on the layer), so a channel's column is one contiguous row, and the loops
-are channel-major: all events of a channel, for every row of a tile of up to ``ROW_TILE`` rows,
-are applied while its column is in cache. Work is split into tasks run in parallel (``prange``):
-over row tiles at batch > 1; at batch 1 over the weight-scale groups (independent accumulators, no
-reduction; each thread still streams whole weight rows) or, with fewer groups than threads, over
-output blocks. Calls with less than ``PARALLEL_MIN_WORK`` column updates run the same task
-function serially (a parallel region costs more than it saves there); ``numba.set_num_threads(1)``
-makes every call serial.
+The kernel decodes each count ``n`` into its events inline, as the layer's coding defines them:
+
+- bitwise / bitwise_bidirectional: one event per set bit ``t`` of ``|n|``, polarity ``sign(n)``;
+- bitwise_twos_complement: one event per set bit of the ``T``-bit pattern of ``n`` (the top step
+  weighs ``-2^(T-1)``, applied when the planes are merged);
+- binary / ternary (unary): ``|n|`` events at steps ``0 .. |n|-1``, polarity ``sign(n)``.
+
+An event is int8 -> int16 additions (or subtractions) over a block of the channel's weight
+column: nothing in the inner loop multiplies or shifts, and a 16-bit lane holds twice as many
+outputs per SIMD instruction as a 32-bit accumulator would. A plane sums at most
+``PLANE_CHANNELS`` = 255 channels of weights in [-128, 127] (|P_t| <= 32640 fits int16); planes
+are merged into the exact int32 (or int64) accumulators every 255 channels and at the end of each
+weight-scale group; planes no event touched are skipped (and not zeroed).
+
+Layout and loops: the weights are held as :func:`blocked_weight` lays them out: ``W_q^T``
+(int8) cut into blocks of ``BLOCK`` outputs, each block contiguous, so a channel's column within
+a block is one contiguous run and a block's weights stream sequentially. A task is one row
+(token) x one output block; its planes (``T x BLOCK`` int16) stay in the L1 cache. Before the
+tasks, each row is planned (:func:`_plan_row`): its active channels, group by group, are sorted
+by kind of spike train (one spike at step t; two; three; more), so the kernel's branches are
+predictable, channels with two or three spikes add their column to all their planes in one pass,
+and runs of four single-spike channels with the same step add into their plane together. At
+each group the task first reads the group's active weights once in address order (memory then
+streams them), then applies the events in the sorted order from cache. Tasks run in parallel
+(``prange`` over rows x blocks; each writes its own outputs, no reduction). Calls with less than
+``PARALLEL_MIN_WORK`` column updates run the same work serially (a parallel region costs more
+than it saves there); ``numba.set_num_threads(1)`` makes every call serial.
 
 Threads: numba's ``omp`` layer shares torch's OpenMP runtime, whose idle workers spin. On an
 oversubscribed machine (more busy threads than cores) a parallel call can then wait for scheduler
@@ -27,11 +41,12 @@ slices (measured on 2 shared cores: median 32 ms instead of ~1.6 ms serially). S
 faster (:func:`parallel_choices` tells which); ``GOMP_SPINCOUNT=0`` (or
 ``OMP_WAIT_POLICY=PASSIVE``) at process start makes the parallel kernel robust there too.
 
-The accumulators are exact. The float epilogue is fused into each task (applied to its rows and
-outputs while they are in cache); it performs the operations of
-:func:`spikelm.backends.epilogue.epilogue` one for one, in the same order, in IEEE float64 with
-``fastmath=False`` (no FMA contraction), so this backend's outputs are bit-identical to the
-reference's and ``torch_events``' on the CPU (the tests check it).
+The accumulators are exact. The float epilogue is fused into each task: as each group's
+accumulators are merged, the task adds ``acc_g * s_g`` into a float64 total, g ascending, and
+ends with ``* V_th`` -- the operations of :func:`spikelm.backends.epilogue.epilogue` one for one,
+in the same order, in IEEE float64 with ``fastmath=False`` (no FMA contraction), so this
+backend's outputs are bit-identical to the reference's and ``torch_events``' on the CPU (the tests
+check it).
 
 Compilation: the kernels are compiled once per accumulator dtype on first use (or by
 :func:`warmup`) and cached on disk (``cache=True``), so later processes load them in milliseconds.
@@ -41,6 +56,7 @@ numba is imported by this module only; ``import spikelm`` does not import it.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numba
@@ -49,6 +65,7 @@ import torch
 from numba import njit, prange
 
 from spikelm.backends.events import accumulator_dtype
+from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, CountRangeError
 
 UNARY, MAGNITUDE_BITS, TWOS_COMPLEMENT = 0, 1, 2
@@ -62,11 +79,12 @@ MODES = {
     "bitwise_twos_complement": TWOS_COMPLEMENT,
 }
 
-ROW_TILE = 8
-"""Rows processed together, so a weight column read once serves up to this many rows."""
+BLOCK = 1024
+"""Outputs per block of the weight layout (and per task): one row's int16 planes of a block,
+``T x BLOCK x 2`` bytes (16 KiB at T = 8), stay in the L1 cache."""
 
-MIN_BLOCK = 256
-"""Smallest output block worth a task of its own when splitting outputs between threads."""
+PLANE_CHANNELS = 255
+"""Channels summed into an int16 plane before it is merged: ``255 * 128 <= 32767``."""
 
 PARALLEL_MIN_WORK = 1 << 20
 """Below this many ``active channels x out`` column updates a call runs serially."""
@@ -79,122 +97,280 @@ Both give the same numbers bit for bit; only the time differs."""
 
 
 @njit(inline="always")
-def _add_shifted(acc_row, column, shift):
-    for o in range(np.uint64(0), np.uint64(acc_row.shape[0])):  # unsigned: no wraparound checks
-        acc_row[o] += column[o] << shift
+def _add(planes, p, weight_b, b, i, positive):
+    """``P_p += +-W[block b, channel i]``: one spike event, int8 -> int16 adds.
+
+    Indices, not array views: a view costs a reference-count update, more than a short block's
+    adds. (Unsigned loop bounds: no wraparound checks.)
+    """
+    size = np.uint64(weight_b.shape[2])
+    if positive:
+        for o in range(np.uint64(0), size):
+            planes[p, o] += weight_b[b, i, o]
+    else:
+        for o in range(np.uint64(0), size):
+            planes[p, o] -= weight_b[b, i, o]
 
 
 @njit(inline="always")
-def _sub_shifted(acc_row, column, shift):
-    for o in range(np.uint64(0), np.uint64(acc_row.shape[0])):
-        acc_row[o] -= column[o] << shift
+def _add2(planes, p, q, weight_b, b, i, positive):
+    """Two events of one channel (one polarity) in one pass: the weights are loaded once."""
+    size = np.uint64(weight_b.shape[2])
+    if positive:
+        for o in range(np.uint64(0), size):
+            w = np.int16(weight_b[b, i, o])
+            planes[p, o] += w
+            planes[q, o] += w
+    else:
+        for o in range(np.uint64(0), size):
+            w = np.int16(weight_b[b, i, o])
+            planes[p, o] -= w
+            planes[q, o] -= w
 
 
-@njit(cache=True, fastmath=False)
-def _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, o0, o1, g0, g1):
-    """Accumulate rows ``[r0, r1)`` x outputs ``[o0, o1)`` x groups ``[g0, g1)``: every event of
-    every active channel of those groups."""
-    mask = (np.int64(1) << steps) - 1
-    top = steps - 1
-    acc[r0:r1, g0:g1, o0:o1] = 0  # zeroed here, in the task's own cache, not by the caller
-    for g in range(g0, g1):
-        for i in range(g * width, (g + 1) * width):
-            column = weight_t[i, o0:o1]
-            for r in range(r0, r1):
-                n = np.int64(counts[r, i])
-                if n == 0:
-                    continue
-                acc_row = acc[r, g, o0:o1]
-                if mode == UNARY:
-                    if n > 0:
-                        for _ in range(n):
-                            _add_shifted(acc_row, column, 0)
-                    else:
-                        for _ in range(-n):
-                            _sub_shifted(acc_row, column, 0)
-                elif mode == MAGNITUDE_BITS:
-                    bits = n if n > 0 else -n
-                    t = 0
-                    while bits:
-                        if bits & 1:
-                            if n > 0:
-                                _add_shifted(acc_row, column, t)
-                            else:
-                                _sub_shifted(acc_row, column, t)
-                        bits >>= 1
-                        t += 1
-                else:  # two's complement over T bits: the top bit weighs -2^(T-1)
-                    bits = n & mask
-                    t = 0
-                    while bits:
-                        if bits & 1:
-                            if t == top:
-                                _sub_shifted(acc_row, column, t)
-                            else:
-                                _add_shifted(acc_row, column, t)
-                        bits >>= 1
-                        t += 1
+@njit(inline="always")
+def _add3(planes, p, q, u, weight_b, b, i, positive):
+    """Three events of one channel (one polarity) in one pass."""
+    size = np.uint64(weight_b.shape[2])
+    if positive:
+        for o in range(np.uint64(0), size):
+            w = np.int16(weight_b[b, i, o])
+            planes[p, o] += w
+            planes[q, o] += w
+            planes[u, o] += w
+    else:
+        for o in range(np.uint64(0), size):
+            w = np.int16(weight_b[b, i, o])
+            planes[p, o] -= w
+            planes[q, o] -= w
+            planes[u, o] -= w
 
 
-@njit(cache=True, fastmath=False)
-def _epilogue_task(acc, scale_t, v_th, y, r0, r1, o0, o1):
-    """:func:`spikelm.backends.epilogue.epilogue` for one task's region, op for op.
-
-    ``y = f32(((acc_0 * s_0) + acc_1 * s_1 + ...) * v)`` in float64, g ascending; every product
-    and sum is one correctly rounded IEEE operation (``fastmath=False``: no FMA contraction), so
-    the result equals the torch epilogue's bit for bit.
-    """
-    size = o1 - o0
-    total = np.empty(size, dtype=np.float64)
-    for r in range(r0, r1):
-        first = acc[r, 0, o0:o1]
-        scale = scale_t[0, o0:o1]
-        for o in range(np.uint64(0), np.uint64(size)):
-            total[o] = np.float64(first[o]) * scale[o]
-        for g in range(1, acc.shape[1]):
-            part = acc[r, g, o0:o1]
-            scale = scale_t[g, o0:o1]
-            for o in range(np.uint64(0), np.uint64(size)):
-                total[o] += np.float64(part[o]) * scale[o]
-        v = np.float64(v_th[r])
-        row = y[r, o0:o1]
-        for o in range(np.uint64(0), np.uint64(size)):
-            row[o] = np.float32(total[o] * v)
-
-
-@njit(parallel=True, cache=True, fastmath=False)
-def _run_parallel(counts, weight_t, acc, width, mode, steps, tile, block, gsplit, scale_t, v_th, y):
-    """Tasks = row tiles x output blocks x ``gsplit`` chunks of weight-scale groups (independent
-    accumulators: no reduction), then the epilogue over row tiles x output blocks."""
-    rows, groups, out = acc.shape
-    tiles = (rows + tile - 1) // tile
-    blocks = (out + block - 1) // block
-    gchunk = (groups + gsplit - 1) // gsplit
-    for task in prange(tiles * blocks * gsplit):
-        r0 = (task // (blocks * gsplit)) * tile
-        o0 = ((task // gsplit) % blocks) * block
-        g0 = (task % gsplit) * gchunk
-        _run_task(
-            counts, weight_t, acc, width, mode, steps,
-            r0, min(rows, r0 + tile), o0, min(out, o0 + block), g0, min(groups, g0 + gchunk),
-        )  # fmt: skip
-    if y.shape[0]:
-        for task in prange(tiles * blocks):
-            r0 = (task // blocks) * tile
-            o0 = (task % blocks) * block
-            _epilogue_task(
-                acc, scale_t, v_th, y, r0, min(rows, r0 + tile), o0, min(out, o0 + block)
+@njit(inline="always")
+def _add_channels4(planes, p, weight_b, b, i, j, k, m, positive):
+    """Four single-spike channels with the same step and polarity: ``P_p += +-(W_i + W_j + W_k
+    + W_m)``, one load and store of the plane for four events."""
+    size = np.uint64(weight_b.shape[2])
+    if positive:
+        for o in range(np.uint64(0), size):
+            planes[p, o] += (np.int16(weight_b[b, i, o]) + np.int16(weight_b[b, j, o])) + (
+                np.int16(weight_b[b, k, o]) + np.int16(weight_b[b, m, o])
+            )
+    else:
+        for o in range(np.uint64(0), size):
+            planes[p, o] -= (np.int16(weight_b[b, i, o]) + np.int16(weight_b[b, j, o])) + (
+                np.int16(weight_b[b, k, o]) + np.int16(weight_b[b, m, o])
             )
 
 
+@njit(inline="always")
+def _merge(planes, used, shifts, negative, merged, fresh):
+    """``merged (+)= sum_t c_t P_t`` over the touched planes, ``c_t = -+(1 << shift_t)``, and
+    free them. ``fresh``: ``merged`` holds nothing yet. Returns whether it now does."""
+    size = np.uint64(merged.shape[0])
+    for t in range(shifts.shape[0]):
+        if not used[t]:
+            continue
+        used[t] = False
+        shift = shifts[t]
+        if fresh and negative[t]:
+            for o in range(np.uint64(0), size):
+                merged[o] = -(np.int64(planes[t, o]) << shift)
+        elif fresh:
+            for o in range(np.uint64(0), size):
+                merged[o] = np.int64(planes[t, o]) << shift
+        elif negative[t]:
+            for o in range(np.uint64(0), size):
+                merged[o] -= np.int64(planes[t, o]) << shift
+        else:
+            for o in range(np.uint64(0), size):
+                merged[o] += np.int64(planes[t, o]) << shift
+        fresh = False
+    return not fresh
+
+
+@njit(inline="always")
+def _decode(n, mode, mask, events):
+    """The steps of count ``n``'s spikes into ``events[:k]``; returns ``k``.
+
+    All spikes of a count share one polarity: ``sign(n)``, or +1 in two's complement.
+    """
+    k = 0
+    if mode == UNARY:
+        for t in range(n if n > 0 else -n):
+            events[k] = t
+            k += 1
+        return k
+    bits = (n if n > 0 else -n) if mode == MAGNITUDE_BITS else n & mask
+    t = 0
+    while bits:
+        if bits & 1:
+            events[k] = t
+            k += 1
+        bits >>= 1
+        t += 1
+    return k
+
+
+@njit(inline="always")
+def _plan_row(counts, r, width, mode, steps, order, kind, steps_of, active):
+    """Row ``r``'s active channels, group by group, sorted by their kind of spike train.
+
+    Within group ``g``, ``order[r, g*width : g*width + active[r, g]]`` lists the channels with
+    spikes, sorted (counting sort, stable) into classes: one spike, by step and polarity; then
+    2, 3, and 4 or more spikes, by polarity. ``kind`` is ``+-k`` (k spikes, the sign their
+    polarity) and ``steps_of`` the steps of the first three. The order changes nothing in the
+    exact sums; it makes the kernel's branches predictable and lets it add runs of single-spike
+    channels that share a step four at a time.
+    """
+    mask = (np.int64(1) << steps) - 1
+    events = np.empty(max(steps, 64), dtype=np.int64)
+    keys = np.empty(width, dtype=np.int64)
+    classes = 2 * steps + 6
+    fill = np.empty(classes + 1, dtype=np.int64)
+    for g in range(counts.shape[1] // width):
+        fill[:] = 0
+        for j in range(width):
+            n = np.int64(counts[r, g * width + j])
+            if n == 0:
+                keys[j] = -1
+                continue
+            k = _decode(n, mode, mask, events)
+            sign = 1 if n < 0 and mode != TWOS_COMPLEMENT else 0
+            keys[j] = 2 * events[0] + sign if k == 1 else 2 * steps + 2 * (min(k, 4) - 2) + sign
+            fill[keys[j] + 1] += 1
+        for c in range(classes):
+            fill[c + 1] += fill[c]
+        active[r, g] = fill[classes]
+        for j in range(width):
+            key = keys[j]
+            if key < 0:
+                continue
+            at = g * width + fill[key]
+            fill[key] += 1
+            i = g * width + j
+            k = _decode(np.int64(counts[r, i]), mode, mask, events)
+            order[r, at] = i
+            kind[r, at] = -k if key % 2 else k
+            for e in range(min(k, 3)):
+                steps_of[r, at, e] = events[e]
+
+
 @njit(cache=True, fastmath=False)
-def _run_serial(counts, weight_t, acc, width, mode, steps, tile, scale_t, v_th, y):
-    rows, groups, out = acc.shape
-    for r0 in range(0, rows, tile):
-        r1 = min(rows, r0 + tile)
-        _run_task(counts, weight_t, acc, width, mode, steps, r0, r1, 0, out, 0, groups)
-        if y.shape[0]:
-            _epilogue_task(acc, scale_t, v_th, y, r0, r1, 0, out)
+def _run_task(
+    counts, weight_b, width, mode, shifts, negative, r, b,
+    order, kind, steps_of, active, acc, scale_t, v_th, y,
+):  # fmt: skip
+    """Row ``r`` x output block ``b``, every group: events -> planes -> accumulators (into
+    ``acc`` when it has rows) -> fused epilogue (into ``y`` when it has rows)."""
+    steps = shifts.shape[0]
+    mask = (np.int64(1) << steps) - 1
+    width_b = weight_b.shape[2]
+    o0 = b * width_b
+    size = min(width_b, scale_t.shape[1] - o0)
+    planes = np.empty((steps, width_b), dtype=np.int16)
+    used = np.zeros(steps, dtype=np.bool_)
+    merged = np.empty(width_b, dtype=acc.dtype)
+    total = np.empty(width_b, dtype=np.float64)
+    events = np.empty(max(steps, 64), dtype=np.int64)
+    sink = 0
+    for g in range(counts.shape[1] // width):
+        held = False
+        start, stop = g * width, g * width + active[r, g]
+        # read the group's weights once in address order (one load per cache line) so that
+        # memory streams them; the sorted pass below then finds them in cache
+        for i in range(start, start + width):
+            if counts[r, i] != 0:
+                for o in range(0, width_b, 64):
+                    sink += weight_b[b, i, o]
+        for c0 in range(start, stop, PLANE_CHANNELS):
+            end = min(stop, c0 + PLANE_CHANNELS)
+            j = c0
+            while j < end:
+                i, k = order[r, j], np.int64(kind[r, j])
+                positive = k > 0
+                k = k if positive else -k
+                if k > 3:  # rare: decode again, one pass per spike
+                    k = _decode(np.int64(counts[r, i]), mode, mask, events)
+                else:
+                    for e in range(k):
+                        events[e] = steps_of[r, j, e]
+                for e in range(k):  # a plane's first event of a chunk: zero it first
+                    if not used[events[e]]:
+                        used[events[e]] = True
+                        planes[events[e], :] = 0
+                if k == 1:
+                    # sorted: j .. j+3 share step and polarity when j+3 is in j's class
+                    if (
+                        j + 3 < end
+                        and kind[r, j + 3] == kind[r, j]
+                        and (steps_of[r, j + 3, 0] == events[0])
+                    ):
+                        _add_channels4(
+                            planes, events[0], weight_b, b,
+                            i, order[r, j + 1], order[r, j + 2], order[r, j + 3], positive,
+                        )  # fmt: skip
+                        j += 4
+                        continue
+                    _add(planes, events[0], weight_b, b, i, positive)
+                elif k == 2:
+                    _add2(planes, events[0], events[1], weight_b, b, i, positive)
+                elif k == 3:
+                    _add3(planes, events[0], events[1], events[2], weight_b, b, i, positive)
+                else:
+                    for e in range(k):
+                        _add(planes, events[e], weight_b, b, i, positive)
+                j += 1
+            held = _merge(planes, used, shifts, negative, merged, not held)
+        row = merged[:size]
+        if not held:
+            row[:] = 0
+        if acc.shape[0]:
+            acc[r, g, o0 : o0 + size] = row
+        if y.shape[0]:  # epilogue, g ascending: total = acc_0 s_0 + acc_1 s_1 + ...
+            scale = scale_t[g, o0 : o0 + size]
+            if g == 0:
+                for o in range(size):
+                    total[o] = np.float64(row[o]) * scale[o]
+            else:
+                for o in range(size):
+                    total[o] += np.float64(row[o]) * scale[o]
+    used[0] = sink == 0  # keeps the reads above (used is scratch, dead here)
+    if y.shape[0]:
+        v, out = np.float64(v_th[r]), y[r, o0 : o0 + size]
+        for o in range(size):
+            out[o] = np.float32(total[o] * v)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _run_parallel(
+    counts, weight_b, width, mode, shifts, negative,
+    order, kind, steps_of, active, acc, scale_t, v_th, y,
+):  # fmt: skip
+    """Plan every row, then run the tasks (row x output block), both in parallel."""
+    rows, blocks = counts.shape[0], weight_b.shape[0]
+    for r in prange(rows):
+        _plan_row(counts, r, width, mode, shifts.shape[0], order, kind, steps_of, active)
+    for task in prange(rows * blocks):
+        _run_task(
+            counts, weight_b, width, mode, shifts, negative, task // blocks, task % blocks,
+            order, kind, steps_of, active, acc, scale_t, v_th, y,
+        )  # fmt: skip
+
+
+@njit(cache=True, fastmath=False)
+def _run_serial(
+    counts, weight_b, width, mode, shifts, negative,
+    order, kind, steps_of, active, acc, scale_t, v_th, y,
+):  # fmt: skip
+    """:func:`_run_parallel`'s work, one step after the other."""
+    for r in range(counts.shape[0]):
+        _plan_row(counts, r, width, mode, shifts.shape[0], order, kind, steps_of, active)
+        for b in range(weight_b.shape[0]):
+            _run_task(
+                counts, weight_b, width, mode, shifts, negative, r, b,
+                order, kind, steps_of, active, acc, scale_t, v_th, y,
+            )  # fmt: skip
 
 
 _ACC_TYPES = {torch.int32: numba.int32, torch.int64: numba.int64}
@@ -203,13 +379,19 @@ _compiled: set = set()
 
 
 def _signatures(acc_dtype: torch.dtype) -> tuple:
-    acc = _ACC_TYPES[acc_dtype][:, :, ::1]
-    counts, weight_t, i64 = numba.int32[:, ::1], numba.int8[:, ::1], numba.int64
-    scale_t, v_th, y = numba.float64[:, ::1], numba.float64[::1], numba.float32[:, ::1]
-    return (
-        (counts, weight_t, acc, i64, i64, i64, i64, i64, i64, scale_t, v_th, y),  # _run_parallel
-        (counts, weight_t, acc, i64, i64, i64, i64, scale_t, v_th, y),  # _run_serial
-    )
+    acc = _ACC_TYPES[acc_dtype]
+    i64 = numba.int64
+    arguments = (
+        numba.int32[:, ::1],  # counts
+        numba.int8[:, :, ::1],  # weight_b
+        i64, i64,  # width, mode
+        numba.int64[::1], numba.boolean[::1],  # shifts, negative
+        numba.int32[:, ::1], numba.int16[:, ::1], numba.int8[:, :, ::1],  # order, kind, steps_of
+        numba.int64[:, ::1],  # active
+        acc[:, :, ::1],  # acc
+        numba.float64[:, ::1], numba.float64[::1], numba.float32[:, ::1],  # scale_t, v_th, y
+    )  # fmt: skip
+    return arguments, arguments  # _run_parallel, _run_serial
 
 
 def _ensure(parallel: bool, acc_dtype: torch.dtype) -> None:
@@ -317,28 +499,41 @@ def parallel_choices() -> dict:
     return _chooser.choices()
 
 
-def _split(rows: int, groups: int, out_features: int, threads: int) -> tuple[int, int, int]:
-    """``(row tile, output block, group chunks)`` of the parallel tasks: a task per thread at least.
+def blocked_weight(layer) -> np.ndarray:
+    """``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B = ``min(BLOCK, out)``, the
+    last block zero-padded), cached on the layer.
 
-    Row tiles first. When there are fewer tiles than threads (batch 1), the weight-scale groups
-    are shared out (their accumulators are independent and each task still reads whole weight
-    rows, contiguously), or, with too few groups, the outputs.
+    Channel ``i``'s part of block ``b`` is contiguous, and so is the whole block: a task streams
+    its weights sequentially, one cache line after the next.
     """
-    tile = max(1, min(ROW_TILE, -(-rows // threads)))
-    tiles = -(-rows // tile)
-    block, gsplit = out_features, 1
-    if tiles < threads:
-        wanted = -(-threads // tiles)
-        if groups >= wanted:
-            gsplit = wanted
-        else:
-            block = max(MIN_BLOCK, -(-out_features // wanted))
-    return tile, block, gsplit
+
+    def make(lay) -> torch.Tensor:
+        columns = lay.weight_q.t()  # [in, out]
+        n_in, out = columns.shape
+        width = min(BLOCK, out)
+        blocks = -(-out // width)
+        padded = torch.zeros(n_in, blocks * width, dtype=torch.int8)
+        padded[:, :out] = columns
+        return padded.reshape(n_in, blocks, width).transpose(0, 1).contiguous()
+
+    return layer.derived("numba_blocked_weight", make).numpy()
+
+
+@functools.lru_cache(maxsize=64)
+def _step_shifts(coding: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(shift_t, negative_t)`` with ``c_t = -+(1 << shift_t)``: the coding's step weights."""
+    weights = get_coder(coding).step_weights(steps).numpy()
+    magnitude = np.abs(weights)
+    shifts = np.log2(magnitude).astype(np.int64)
+    if not np.array_equal(np.int64(1) << shifts, magnitude):
+        raise ConfigError(f"coding {coding!r}: step weights {weights} are not powers of two")
+    return shifts, weights < 0
 
 
 def run(
     counts: np.ndarray,
-    weight_t: np.ndarray,
+    weight_b: np.ndarray,
+    out_features: int,
     groups: int,
     coding: str,
     steps: int,
@@ -346,25 +541,25 @@ def run(
     scale_t: np.ndarray | None = None,
     v_th: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(acc [M, G, out], y [M, out] or None)`` for int32 counts ``[M, in]``, int8 ``W_q^T``.
+    """``(acc [M, G, out], None)``, or ``(empty, y [M, out])`` with the epilogue fused.
 
-    numpy in, numpy out. With ``scale_t`` (float64 ``[G, out]``) and ``v_th`` (float64 ``[M]``)
-    the epilogue is fused: each task turns its accumulators into float32 outputs while they are in
-    cache. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
+    numpy in, numpy out: int32 counts ``[M, in]``, the int8 weights as
+    :func:`blocked_weight` lays them out. With ``scale_t``
+    (float64 ``[G, out]``) and ``v_th`` (float64 ``[M]``) the epilogue is fused: each task turns
+    its accumulators into float32 outputs as it merges them, and no ``acc`` array is written. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
     layer entry points check both).
     """
     rows, in_features = counts.shape
-    out_features = weight_t.shape[1]
     width = in_features // groups
     np_dtype = np.int32 if acc_dtype == torch.int32 else np.int64
-    acc = np.empty((rows, groups, out_features), dtype=np_dtype)  # each task zeroes its part
     fused = scale_t is not None and v_th is not None
+    acc = np.empty((0 if fused else rows, groups, out_features), dtype=np_dtype)
     y = np.empty((rows if fused else 0, out_features), dtype=np.float32)
     if not fused:
         scale_t, v_th = np.zeros((groups, out_features)), np.zeros(0)
-    if acc.size == 0:
+    if rows == 0 or out_features == 0:
         return acc, (y if fused else None)
-    mode = MODES[coding]
+    shifts, negative = _step_shifts(coding, steps)
     work = int(np.count_nonzero(counts)) * out_features
     # (asking for the thread count starts numba's pool: small problems never ask)
     parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
@@ -372,14 +567,16 @@ def run(
     if parallel and PARALLEL == "auto":
         parallel = _chooser.pick(key)
     _ensure(parallel, acc_dtype)
+    order = np.empty((rows, in_features), dtype=np.int32)
+    kind = np.empty((rows, in_features), dtype=np.int16)
+    steps_of = np.empty((rows, in_features, 3), dtype=np.int8)
+    active = np.empty((rows, groups), dtype=np.int64)
+    kernel = _run_parallel if parallel else _run_serial
     start = time.perf_counter()
-    if parallel:
-        tile, block, gsplit = _split(rows, groups, out_features, numba.get_num_threads())
-        _run_parallel(
-            counts, weight_t, acc, width, mode, steps, tile, block, gsplit, scale_t, v_th, y
-        )  # fmt: skip
-    else:
-        _run_serial(counts, weight_t, acc, width, mode, steps, ROW_TILE, scale_t, v_th, y)
+    kernel(
+        counts, weight_b, width, MODES[coding], shifts, negative,
+        order, kind, steps_of, active, acc, scale_t, v_th, y,
+    )  # fmt: skip
     if PARALLEL == "auto" and work >= PARALLEL_MIN_WORK:
         _chooser.record(key, parallel, time.perf_counter() - start)
     return acc, (y if fused else None)
@@ -408,15 +605,14 @@ def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
     return array
 
 
-def _weights(layer) -> tuple[np.ndarray, int]:
-    return layer.transposed_weight_q().numpy(), layer.weight_scale.shape[1]
+def _weights(layer) -> tuple[np.ndarray, int, int]:
+    return blocked_weight(layer), layer.out_features, layer.weight_scale.shape[1]
 
 
 def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     """The layer's exact accumulators ``[M, G, out]`` (int32 or int64) for counts ``[M, in]``."""
     array = _check_counts(layer, counts)
-    weight_t, groups = _weights(layer)
-    acc, _ = run(array, weight_t, groups, layer.coding, layer.steps, accumulator_dtype(layer))
+    acc, _ = run(array, *_weights(layer), layer.coding, layer.steps, accumulator_dtype(layer))
     return torch.from_numpy(acc)
 
 
@@ -428,7 +624,6 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     ``epilogue(accumulators(layer, counts), ...)`` bit for bit.
     """
     array = _check_counts(layer, counts)
-    weight_t, groups = _weights(layer)
     scale_t = layer.derived(
         "weight_scale_t64", lambda lay: lay.weight_scale.t().to(torch.float64).contiguous()
     ).numpy()
@@ -436,7 +631,7 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     if v.shape[0] != array.shape[0]:
         v = np.ascontiguousarray(np.broadcast_to(v, (array.shape[0],)))
     _, y = run(
-        array, weight_t, groups, layer.coding, layer.steps, accumulator_dtype(layer), scale_t, v
+        array, *_weights(layer), layer.coding, layer.steps, accumulator_dtype(layer), scale_t, v
     )
     return torch.from_numpy(y)
 
