@@ -5,7 +5,11 @@ calibrations at equal coding (bitwise-bidirectional, T=8, int8 weights, group 12
   - weight-aware channel rescaling (smooth_alpha=0: spikes go where the weights are large),
   - outlier migration (smooth_alpha=0.5),
   - static per-channel thresholds from calibration (mean_abs rule),
-  - error-aware rounding (spike_cost: trade rounding error against popcount).
+  - error-aware rounding (spike_cost: trade rounding error against popcount),
+  - Fisher-weighted thresholds (fisher_power p): V_{l,i} ~ F_{l,i}^-p with F the diagonal Fisher of
+    the next-token loss w.r.t. each layer's input channel; static (one constant for all layers
+    and channels: per-layer and per-channel allocation), with error-aware rounding on top, and
+    dynamic (SpikingBrain's per-token rule shaped per channel within each layer).
 For each recipe it reports the fewest spikes per channel that keep perplexity within 1% of the
 ANN (linear interpolation between swept points), and the k sweep in the shape of SpikingBrain's
 Table 11. Writes a table (stdout and --out) and a plot (--plot).
@@ -41,13 +45,20 @@ SPIKINGBRAIN_TABLE_11 = {
     3.5: (0.6898, 0.677),
     4.0: (0.6940, 0.664),
 }
+FISHER_STATIC = {"threshold": "static_tensor"}
 RECIPES: dict[str, tuple[tuple[float, ...], dict]] = {
     "SpikingBrain (dynamic, k swept)": ((1.5, *TABLE_11_K), {}),
     "spikelm weight-aware (alpha=0)": ((2.0, 3.0, 4.0), {"smooth_alpha": 0.0}),
     "spikelm migration (alpha=0.5)": ((2.0, 3.0, 4.0), {"smooth_alpha": 0.5}),
     "spikelm static per-channel": ((2.0, 3.0, 4.0), {"threshold": "static_channel"}),
     "spikelm error-aware (cost .3)": ((3.0, 4.0), {"spike_cost": 0.3, "smooth_alpha": 0.0}),
-    "spikelm error-aware (cost 1)": ((4.0, 6.0), {"spike_cost": 1.0, "smooth_alpha": 0.0}),
+    "spikelm Fisher static (p=1/2)": ((2.0, 2.5, 3.0), {**FISHER_STATIC, "fisher_power": 0.5}),
+    "spikelm Fisher static (p=1/4)": ((2.0, 2.5, 3.0), {**FISHER_STATIC, "fisher_power": 0.25}),
+    "spikelm Fisher static + cost .3": (
+        (3.0, 3.5, 4.0),
+        {**FISHER_STATIC, "fisher_power": 0.5, "spike_cost": 0.3},
+    ),
+    "spikelm Fisher dynamic (p=1/2)": ((2.0, 3.0, 4.0), {"fisher_power": 0.5}),
 }
 
 

@@ -2,26 +2,39 @@
 into per-channel divisors and static thresholds.
 
 An observer keeps, per input channel ``j`` of a layer: the number of rows seen, ``sum |x_j|``,
-``max |x_j|``, and a seeded bottom-k reservoir of whole rows (for percentiles). From those:
+``max |x_j|``, a seeded bottom-k reservoir of whole rows (for percentiles) and, when the config
+asks for loss-aware thresholds, ``sum (dL/dx_j)^2`` from a backward pass of the next-token loss
+(the diagonal Fisher ``F_j``). From those:
 
     d_j   = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)        (outlier migration; geo-mean 1)
+    d_j  *= F_j^-p / geomean(F^-p)                           (Fisher shaping, fisher_power = p)
     u     = x / d
     static_tensor:   V = mean|u| / k  |  P_p(|u|) / hi  |  max|u| / hi          (rule)
+                     V = c geomean(F^-p) / k,  c = geomean over all layers' channels of
+                         mean|x_j| F_j^p                                         (Fisher)
     static_channel:  V_j likewise per channel, folded into d (d_j <- d_j V_j, then V = 1)
+
+Quantization noise of step ``V_j`` on channel ``j`` raises the loss by about ``F_j V_j^2 / 24``;
+with bitwise codes the spikes grow like ``log2(|x| / V)``, so ``p = 1/2`` (equal ``F_j V_j^2``
+everywhere) is the spike-optimal split of a loss budget under that model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.neurons import check_finite
+
+FISHER_FLOOR_QUANTILE = 0.01  # channels below this quantile of a layer's Fisher are lifted to it
 
 
 class ActivationObserver:
@@ -34,6 +47,8 @@ class ActivationObserver:
         self.sum_abs = torch.zeros(channels, dtype=torch.float64)
         self.max_abs = torch.zeros(channels, dtype=torch.float64)
         self.max_rows = max_rows
+        self.grad_rows = 0
+        self.sum_grad_sq = torch.zeros(channels, dtype=torch.float64)
         self.sample = torch.zeros(0, channels)
         self._keys = torch.zeros(0)
         self._generator = torch.Generator().manual_seed(seed)
@@ -54,9 +69,33 @@ class ActivationObserver:
             sample = sample[order]
         self._keys, self.sample = keys, sample
 
+    def observe_gradient(self, grad: torch.Tensor) -> None:
+        """Add ``(dL/dx)^2`` of a backward pass, summed over rows."""
+        rows = grad.detach().reshape(-1, grad.shape[-1]).to(torch.float64).cpu()
+        check_finite(rows, f"loss gradient at the input of layer {self.name!r}")
+        self.grad_rows += rows.shape[0]
+        self.sum_grad_sq += (rows**2).sum(0)
+
     @property
     def mean_abs(self) -> torch.Tensor:
         return (self.sum_abs / max(self.rows, 1)).to(torch.float32)
+
+    @property
+    def fisher(self) -> torch.Tensor:
+        """Diagonal Fisher ``F_j = mean (dL/dx_j)^2`` (float32 ``[in]``; zeros before a backward)."""
+        return (self.sum_grad_sq / max(self.grad_rows, 1)).to(torch.float32)
+
+    def fisher_weights(self, power: float) -> torch.Tensor:
+        """``F_j^-p``, ``F`` floored at the 1% quantile of its positive values (a channel the loss
+        never reached would get an infinite threshold); ``ConfigError`` for a layer with no gradient."""
+        fisher = self.fisher
+        if self.grad_rows == 0 or not bool((fisher > 0).any()):
+            raise ConfigError(
+                f"layer {self.name!r} got no loss gradient in calibration: fisher_power needs "
+                "layers that the next-token loss depends on"
+            )
+        floor = torch.quantile(fisher[fisher > 0], FISHER_FLOOR_QUANTILE)
+        return fisher.clamp_min(floor) ** -power
 
 
 def _attach(model: nn.Module) -> dict[str, ActivationObserver]:
@@ -80,21 +119,59 @@ def prepare(model: nn.Module, config: SpikeConfig) -> nn.Module:
     for name, linear in targets.items():
         observer = ActivationObserver(name, linear.in_features, rows, config.seed)
         observers[name] = observer
-        handles.append(linear.register_forward_pre_hook(lambda _m, a, o=observer: o.observe(a[0])))
+        hook = (
+            _fisher_hook(observer) if config.fisher_power is not None else _observe_hook(observer)
+        )
+        handles.append(linear.register_forward_pre_hook(hook))
     model._spikelm_observers = observers
     model._spikelm_hooks = handles
     model._spikelm_config = config
     return model
 
 
+def _observe_hook(observer: ActivationObserver) -> Callable[[nn.Module, tuple], None]:
+    return lambda _module, args: observer.observe(args[0])
+
+
+def _fisher_hook(observer: ActivationObserver) -> Callable[[nn.Module, tuple], tuple | None]:
+    """Observe the input and, when grad is on, catch ``dL/dx = W^T dL/dy`` on the way back.
+
+    The layer gets its own alias of its input, so the gradient caught is the one through this
+    layer only (the layer's own quantization noise enters there), not the sum over every layer
+    that reads the same tensor (q/k/v projections). An input that does not require grad
+    (parameters are frozen in calibration, so the first layers' inputs do not) becomes a leaf.
+    """
+
+    def hook(_module: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        observer.observe(x)
+        if not torch.is_grad_enabled():
+            return None
+        alias = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+        alias.register_hook(observer.observe_gradient)
+        return (alias, *args[1:])
+
+    return hook
+
+
 def _default_run(model: nn.Module, batch: Any) -> None:
     model(batch, **_calibration_kwargs(model))
 
 
-def _calibration_kwargs(model: nn.Module) -> dict[str, Any]:
+def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy of token ids ``[B, L]``: the loss whose Fisher
+    ``fisher_power`` uses (models returning logits or an object with ``.logits``)."""
+    out = model(batch, **_calibration_kwargs(model, all_logits=True))
+    logits = out.logits if hasattr(out, "logits") else out
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
+    )
+
+
+def _calibration_kwargs(model: nn.Module, *, all_logits: bool = False) -> dict[str, Any]:
     """For transformers causal LMs: no KV cache, and only the last position's logits unless the
-    output projection itself is calibrated (``[B, L, vocab]`` float logits are often the largest
-    tensor of a calibration forward)."""
+    output projection itself is calibrated or a loss needs them all (``[B, L, vocab]`` float
+    logits are often the largest tensor of a calibration forward)."""
     if not type(model).__module__.startswith("transformers."):
         return {}
     import inspect
@@ -105,33 +182,71 @@ def _calibration_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["use_cache"] = False
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     observed = {id(model.get_submodule(name)) for name in _attach(model)}
+    if all_logits:
+        return kwargs
     if "logits_to_keep" in accepted and head is not None and id(head) not in observed:
         kwargs["logits_to_keep"] = 1
     return kwargs
 
 
-@torch.no_grad()
 def calibrate(
     model: nn.Module,
     batches: Iterable[Any],
-    run: Callable[[nn.Module, Any], Any] = _default_run,
+    run: Callable[[nn.Module, Any], Any] | None = None,
     *,
     progress: bool = True,
 ) -> nn.Module:
-    """Run ``run(model, batch)`` on each calibration batch (token ids) with a progress bar."""
+    """Run ``run(model, batch)`` on each calibration batch (token ids) with a progress bar.
+
+    The default ``run`` is a plain forward pass. When the config asks for ``fisher_power``, ``run``
+    must return the loss (default :func:`next_token_loss`); it is differentiated with respect to
+    the observed activations only (parameters are frozen meanwhile, so no weight gradient is kept).
+    """
     if not _attach(model):
         raise ConfigError("calibrate() needs a model returned by prepare()")
     batches = list(batches)
     if not batches:
         raise ConfigError("the calibration set is empty: give at least one text or token batch")
+    fisher = model._spikelm_config.fisher_power is not None
+    step = _loss_step(run or next_token_loss) if fisher else run or _default_run
     was_training = model.training
     model.eval()
     # disable=None draws the bar only on a terminal, so logs and pipes get no bar lines
     bar = tqdm(batches, desc="calibrating", unit="batch", disable=None if progress else True)
-    for batch in bar:
-        run(model, batch)
+    with _frozen(model) if fisher else torch.no_grad():
+        for batch in bar:
+            step(model, batch)
     model.train(was_training)
     return model
+
+
+def _loss_step(run: Callable[[nn.Module, Any], Any]) -> Callable[[nn.Module, Any], None]:
+    """``run`` followed by a backward pass of the loss it returns."""
+
+    def step(model: nn.Module, batch: Any) -> None:
+        loss = run(model, batch)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
+            raise ConfigError(
+                "fisher_power needs run(model, batch) to return a scalar loss that depends on the "
+                "model's activations"
+            )
+        loss.backward()
+
+    return step
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Grad on, parameters' ``requires_grad`` off (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def detach_observers(model: nn.Module) -> dict[str, ActivationObserver]:
@@ -146,13 +261,16 @@ def detach_observers(model: nn.Module) -> dict[str, ActivationObserver]:
 
 
 def channel_divisor(
-    observer: ActivationObserver | None, weight: torch.Tensor, config: SpikeConfig
+    observer: ActivationObserver | None,
+    weight: torch.Tensor,
+    config: SpikeConfig,
+    fisher_level: float | None = None,
 ) -> torch.Tensor:
-    """Per-channel divisor ``d`` (outlier migration and per-channel thresholds), float32 ``[in]``."""
+    """Per-channel divisor ``d`` (outlier migration, Fisher shaping and per-channel thresholds),
+    float32 ``[in]``; ``fisher_level`` as in :func:`static_threshold`."""
     channels = weight.shape[1]
     divisor = torch.ones(channels)
-    needs_data = config.smooth_alpha is not None or config.threshold != "dynamic"
-    if needs_data and (observer is None or observer.rows == 0):
+    if config.needs_calibration and (observer is None or observer.rows == 0):
         name = observer.name if observer is not None else "?"
         raise ConfigError(f"layer {name!r} saw no calibration data; run calibrate() first")
     if config.smooth_alpha is not None:
@@ -161,9 +279,24 @@ def channel_divisor(
         w_max = weight.detach().abs().amax(0).to(torch.float32).clamp_min(1e-8)
         divisor = x_max**alpha / w_max ** (1 - alpha)
         divisor = divisor / divisor.log().mean().exp()
+    if config.fisher_power is not None:
+        divisor = divisor * _geo_normalised(observer.fisher_weights(config.fisher_power))
     if config.threshold == "static_channel":
-        divisor = divisor * static_threshold(observer, divisor, config, per_channel=True)
+        divisor = divisor * static_threshold(
+            observer, divisor, config, per_channel=True, fisher_level=fisher_level
+        )
     return divisor
+
+
+def _geo_normalised(values: torch.Tensor) -> torch.Tensor:
+    return values / values.log().mean().exp()
+
+
+def fisher_scale(observers: Iterable[ActivationObserver], power: float) -> float:
+    """The model-wide constant ``c = geomean(mean|x_{l,i}| F_{l,i}^p)`` over every channel of every
+    layer, so that ``V_{l,i} = c F_{l,i}^-p / k`` is ``mean|x| / k`` for a typical channel."""
+    logs = [(o.mean_abs.clamp_min(1e-12) / o.fisher_weights(power)).log() for o in observers]
+    return float(torch.cat(logs).mean().exp())
 
 
 def static_threshold(
@@ -172,10 +305,20 @@ def static_threshold(
     config: SpikeConfig,
     *,
     per_channel: bool,
+    fisher_level: float | None = None,
 ) -> torch.Tensor:
-    """Threshold of ``u = x / divisor`` by ``config.rule``: a scalar, or ``[in]`` per channel."""
+    """Threshold of ``u = x / divisor`` by ``config.rule``: a scalar, or ``[in]`` per channel.
+
+    With ``fisher_power`` it is ``c geomean(F^-p) / k`` (``fisher_level`` = ``c``, from
+    :func:`fisher_scale`): the divisor already holds the channel shape ``F_i^-p / geomean``.
+    """
     hi = config.count_range[1]
-    if config.rule == "mean_abs":
+    if config.fisher_power is not None:
+        if fisher_level is None:
+            raise ConfigError("fisher_power static thresholds need the model-wide fisher_scale")
+        level = observer.fisher_weights(config.fisher_power).log().mean().exp()
+        value = fisher_level * level / config.k * torch.ones(divisor.shape if per_channel else ())
+    elif config.rule == "mean_abs":
         mean = observer.mean_abs / divisor
         value = mean if per_channel else mean.mean()
         value = value / config.k

@@ -107,6 +107,8 @@ def _spike_config(args: argparse.Namespace):
         weight_bits=args.weight_bits,
         group_size=None if args.group_size == 0 else args.group_size,
         smooth_alpha=args.smooth_alpha,
+        fisher_power=args.fisher_power,
+        spike_cost=args.spike_cost,
         keep_dense=keep,
     )
 
@@ -118,11 +120,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     model, tokenizer = load_source(args.src)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     calib = token_ids(
-        tokenizer, text_file=args.calib, ids_file=args.calib_ids, source=args.src, what="calib",
+        tokenizer,
+        text_file=args.calib,
+        ids_file=args.calib_ids,
+        source=args.src,
+        what="calib",
         vocab_size=vocab,
     )
     evaluation = token_ids(
-        tokenizer, text_file=args.eval, ids_file=args.eval_ids, source=args.src, what="eval",
+        tokenizer,
+        text_file=args.eval,
+        ids_file=args.eval_ids,
+        source=args.src,
+        what="eval",
         vocab_size=vocab,
     )
     result = convert_model(
@@ -145,7 +155,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spikelm.workflow import demo
 
-    print("converting the built-in demo model (SpikingBrain recipe: bitwise-bidirectional, T=8, k=3)")
+    print(
+        "converting the built-in demo model (SpikingBrain recipe: bitwise-bidirectional, T=8, k=3)"
+    )
     result = demo(args.out)
     print(_fidelity_table(result))
     print(f"spiking checkpoint written to {result.out_dir}")
@@ -208,8 +220,21 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--percentile", type=float, default=99.9)
     group.add_argument("--weight-bits", type=int, default=8)
     group.add_argument("--group-size", type=int, default=128, help="0 = one scale per row")
-    group.add_argument("--smooth-alpha", type=float, default=None, help="outlier migration strength")
-    group.add_argument("--keep-dense", action="append", help="layer pattern kept dense (repeatable)")
+    group.add_argument(
+        "--smooth-alpha", type=float, default=None, help="outlier migration strength"
+    )
+    group.add_argument(
+        "--fisher-power",
+        type=float,
+        default=None,
+        help="loss-aware thresholds V ~ F^-p from the Fisher of the next-token loss (try 0.5)",
+    )
+    group.add_argument(
+        "--spike-cost", type=float, default=0.0, help="error-aware rounding cost (0 = nearest)"
+    )
+    group.add_argument(
+        "--keep-dense", action="append", help="layer pattern kept dense (repeatable)"
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--calib", help="calibration text file")
     data.add_argument("--calib-ids", help="calibration token ids (.npy or text of integers)")
@@ -247,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     raster.add_argument("file", help="spike recording written by spikelm (.h5)")
     raster.add_argument("--layer", action="append", help="layer to draw (repeatable; default all)")
     raster.add_argument(
-        "--tokens", type=_parse_token_range, default=slice(0, 1), help="token range A:B (default 0:1)"
+        "--tokens",
+        type=_parse_token_range,
+        default=slice(0, 1),
+        help="token range A:B (default 0:1)",
     )
     raster.add_argument("--out", required=True, help="PNG file to write")
     raster.set_defaults(handler=_cmd_raster)

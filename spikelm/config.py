@@ -33,6 +33,14 @@ class SpikeConfig:
             ``x_j / d_j`` into the neuron and ``W[:, j] * d_j`` into the weights with
             ``d_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (normalised to geometric mean 1).
             ``alpha = 0`` spends spikes where the weights are large (weight-aware thresholds).
+        fisher_power: ``None`` to ignore the loss; else thresholds follow the diagonal Fisher
+            ``F_{l,i} = E[(dL/dx_{l,i})^2]`` of the next-token loss w.r.t. each converted layer's
+            input channel (a backward pass per calibration batch): ``V_{l,i} ~ F_{l,i}^-p``.
+            ``p = 1/2`` equalises the loss increase ``F V^2 / 24`` of every channel. Dynamic
+            thresholds are shaped per channel within a layer (``d_i ~ F_i^-p``, geometric mean 1);
+            static ones also per layer, with one constant for the whole model:
+            ``V_{l,i} = c F_{l,i}^-p / k``, ``c = geomean(mean|x_{l,i}| F_{l,i}^p)`` over all
+            channels of all layers (so ``k`` keeps its ``mean_abs`` meaning).
         spike_cost: ``0`` for nearest rounding; ``> 0`` for error-aware rounding, which picks per
             value the count minimising ``(|x|/V_th - c)^2 + spike_cost * spikes(c)`` among the
             nearest count, the nearest powers of two and 0 (fewer spikes for bitwise codes).
@@ -51,6 +59,7 @@ class SpikeConfig:
     weight_bits: int = 8
     group_size: int | None = 128
     smooth_alpha: float | None = None
+    fisher_power: float | None = None
     spike_cost: float = 0.0
     keep_dense: tuple[str, ...] = ("lm_head", "*.lm_head", "head")
     include: tuple[str, ...] = ("*",)
@@ -76,13 +85,37 @@ class SpikeConfig:
         if self.group_size is not None and (
             not isinstance(self.group_size, int) or self.group_size < 1
         ):
-            raise ConfigError(f"group_size must be a positive integer or None, got {self.group_size!r}")
+            raise ConfigError(
+                f"group_size must be a positive integer or None, got {self.group_size!r}"
+            )
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
             raise ConfigError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
+        self._check_fisher()
         if not (isinstance(self.spike_cost, (int, float)) and 0 <= self.spike_cost < math.inf):
             raise ConfigError(f"spike_cost must be a finite number >= 0, got {self.spike_cost!r}")
         object.__setattr__(self, "keep_dense", tuple(self.keep_dense))
         object.__setattr__(self, "include", tuple(self.include))
+
+    def _check_fisher(self) -> None:
+        power = self.fisher_power
+        if power is None:
+            return
+        if not (isinstance(power, (int, float)) and math.isfinite(power) and 0 < power <= 2):
+            raise ConfigError(f"fisher_power must be in (0, 2] or None, got {power!r}")
+        if self.threshold != "dynamic" and self.rule != "mean_abs":
+            raise ConfigError(
+                f"fisher_power sets static thresholds itself (c F^-p / k); it needs "
+                f"rule='mean_abs', got rule={self.rule!r}"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether converting needs calibration data (SpikingBrain's dynamic rule needs none)."""
+        return (
+            self.threshold != "dynamic"
+            or self.smooth_alpha is not None
+            or self.fisher_power is not None
+        )
 
     @property
     def count_range(self) -> tuple[int, int]:

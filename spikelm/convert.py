@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from spikelm.calibrate import (
-    _default_run,
     calibrate,
     channel_divisor,
     detach_observers,
+    fisher_scale,
     prepare,
     static_threshold,
 )
@@ -53,10 +53,19 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @torch.no_grad()
 def spiking_layer(
-    linear: nn.Linear, config: SpikeConfig, name: str, observer=None, backend: str = "torch"
+    linear: nn.Linear,
+    config: SpikeConfig,
+    name: str,
+    observer=None,
+    backend: str = "torch",
+    *,
+    fisher_level: float | None = None,
 ) -> SpikingLinear:
-    """A ``SpikingLinear`` computing what ``linear`` does, from spikes and int weights."""
-    divisor = channel_divisor(observer, linear.weight, config)
+    """A ``SpikingLinear`` computing what ``linear`` does, from spikes and int weights.
+
+    ``fisher_level`` is the model-wide constant of Fisher thresholds (:func:`fisher_scale`).
+    """
+    divisor = channel_divisor(observer, linear.weight, config, fisher_level)
     layer = SpikingLinear(
         linear.in_features,
         linear.out_features,
@@ -72,7 +81,10 @@ def spiking_layer(
     layer.weight_scale.copy_(scale)
     layer.input_divisor.copy_(divisor)
     if config.threshold == "static_tensor":
-        layer.threshold.copy_(static_threshold(observer, divisor, config, per_channel=False))
+        threshold = static_threshold(
+            observer, divisor, config, per_channel=False, fisher_level=fisher_level
+        )
+        layer.threshold.copy_(threshold)
     if linear.bias is not None:
         layer.bias.copy_(linear.bias.to(torch.float32))
     return layer.to(linear.weight.device)
@@ -84,24 +96,35 @@ def convert(model: nn.Module, *, backend: str = "torch") -> nn.Module:
     if config is None:
         raise ConfigError("convert() needs a model returned by prepare() (and calibrate())")
     observers = detach_observers(model)
+    level = _fisher_level(observers, config)
     for name in list(target_linears(model, config)):  # names only: no float layer kept alive
         linear = model.get_submodule(name)
-        layer = spiking_layer(linear, config, name, observers.pop(name, None), backend)
+        observer = observers.pop(name, None)
+        layer = spiking_layer(linear, config, name, observer, backend, fisher_level=level)
         _set_submodule(model, name, layer)
         del linear, layer
     return model
+
+
+def _fisher_level(observers: dict, config: SpikeConfig) -> float | None:
+    """The model-wide constant of static Fisher thresholds, or ``None`` when none is needed."""
+    if config.fisher_power is None or config.threshold == "dynamic":
+        return None
+    if not observers or any(o.rows == 0 for o in observers.values()):
+        raise ConfigError("fisher_power needs calibration data; run calibrate() first")
+    return fisher_scale(observers.values(), config.fisher_power)
 
 
 def spiking(
     model: nn.Module,
     config: SpikeConfig,
     batches: Iterable[Any],
-    run: Callable[[nn.Module, Any], Any] = _default_run,
+    run: Callable[[nn.Module, Any], Any] | None = None,
     *,
     progress: bool = True,
     backend: str = "torch",
 ) -> nn.Module:
-    """prepare, calibrate and convert in one call."""
+    """prepare, calibrate and convert in one call (``run`` as in :func:`calibrate`)."""
     prepare(model, config)
     try:
         calibrate(model, batches, run, progress=progress)

@@ -91,4 +91,3 @@ def compare(
         )
         for name in models
     ]
-

@@ -104,11 +104,11 @@ def convert_model(
 ) -> ConversionResult:
     """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save."""
     calib = _windows(calib_ids, seq_len, calib_windows, "calibration", batch_size=1)
-    needs_calibration = config.threshold != "dynamic" or config.smooth_alpha is not None
-    if calib is None and needs_calibration:
+    if calib is None and config.needs_calibration:
         raise ConfigError(
-            f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} need calibration "
-            "data: pass --calib FILE or --calib-ids FILE"
+            f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} / "
+            f"fisher_power={config.fisher_power} need calibration data: "
+            "pass --calib FILE or --calib-ids FILE"
         )
     evaluation = _windows(eval_ids, seq_len, eval_windows, "evaluation")
     reference = copy.deepcopy(model) if evaluation is not None else None
@@ -119,7 +119,9 @@ def convert_model(
     scores = None
     if evaluation is not None:
         baseline = w8a8(copy.deepcopy(reference), config)
-        scores = compare(reference, {"W8A8 fake-quant": baseline, "spiking": spiking_model}, evaluation)
+        scores = compare(
+            reference, {"W8A8 fake-quant": baseline, "spiking": spiking_model}, evaluation
+        )
     target = save(spiking_model, out_dir, tokenizer=tokenizer)
     return ConversionResult(
         target,

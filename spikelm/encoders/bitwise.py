@@ -96,4 +96,3 @@ class BitwiseTwosComplementCoder(SpikeCoder):
     def _steps_needed(self, counts: torch.Tensor) -> torch.Tensor:
         magnitude = torch.where(counts < 0, -counts - 1, counts)
         return bit_length(magnitude) + 1
-
