@@ -16,7 +16,13 @@
    SpikingJelly's own simulation of a converted layer (rate coding over T steps), timed from the
    activation to the layer output, neuron reset included.
 2. Whole-model decode at batch 1: the converted demo model under ``simulate(..., backend=...)``
-   against the ANN demo model stepped token by token in fp32 (``model.step``), same tokens.
+   against the ANN demo model stepped token by token in fp32 (``model.step``), same tokens, one
+   thread. The demo model's layers are 128 wide, so both sides spend their time in per-call
+   overhead; the same comparison therefore also runs on wider models (random weights, converted
+   with the same recipe: dynamic k=3, bitwise-bidirectional T=8, int8), both threads: a
+   HybridLM at hidden 1024 (the reference model's code) and a ``transformers`` Llama at hidden
+   1024 (the ANN running transformers' own forward with its KV cache, token by token; the
+   spiking copy under ``simulate``). Their firing rate is measured and printed.
 3. The physical limit of the event-driven kernel: events/s <= memory bandwidth / column bytes
    (column = ``out`` int8 weights), with the bandwidth measured in the same run.
 4. numba compile / cache-load cost, apart from the timings.
@@ -343,6 +349,114 @@ def decode_section(args, report: Report) -> dict:
     return results
 
 
+WIDE = {"hidden": 1024, "intermediate": 2816, "layers": 4, "heads": 8}
+
+
+def wide_models() -> dict[str, nn.Module]:
+    """Randomly initialised fp32 models where the linear layers, not per-call overhead, dominate."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spikelm.models import HybridConfig, HybridLM
+
+    torch.manual_seed(0)
+    hybrid = HybridLM(
+        HybridConfig(
+            hidden_size=WIDE["hidden"],
+            n_layers=WIDE["layers"],
+            n_heads=WIDE["heads"],
+            head_dim=WIDE["hidden"] // WIDE["heads"],
+            intermediate_size=WIDE["intermediate"],
+            gate_rank=32,
+        )
+    )
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=WIDE["hidden"],
+            intermediate_size=WIDE["intermediate"],
+            num_hidden_layers=WIDE["layers"],
+            num_attention_heads=WIDE["heads"],
+            num_key_value_heads=WIDE["heads"],
+            max_position_embeddings=512,
+        )
+    )
+    return {"HybridLM (model.step)": hybrid.eval(), "transformers Llama (own forward)": llama.eval()}
+
+
+def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
+    """Greedy decode of the fp32 model with the stepping ``simulate`` uses (``model.step`` for a
+    HybridLM, the transformers forward with its own cache otherwise): (seconds, forward passes)."""
+    from spikelm.simulate import _stepper
+
+    stepper = _stepper(model)
+    with torch.no_grad():
+        stepper.reset()
+        start = time.perf_counter()
+        for token in prompt:
+            logits = stepper(token.view(1))
+        for _ in range(new_tokens - 1):
+            logits = stepper(logits.argmax().view(1))
+        return time.perf_counter() - start, len(prompt) + new_tokens - 1
+
+
+def wide_decode_section(args, report: Report) -> dict:
+    threads = os.cpu_count() or 1
+    report(
+        f"wider models (random weights, {WIDE['layers']} layers, hidden {WIDE['hidden']}, "
+        f"MLP {WIDE['intermediate']}), batch 1, {args.prompt_tokens} prompt + {args.new_tokens} "
+        f"generated tokens, {threads} threads for torch and numba"
+    )
+    header = (
+        f"{'model':<34} {'params':>7} {'ANN tok/s':>9} {'SNN tok/s':>9} {'x ANN':>6} "
+        f"{'spk/ch':>6} {'ANN MiB':>8} {'SNN MiB':>8}"
+    )
+    report(header)
+    report("-" * len(header))
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 256, (args.prompt_tokens,), generator=gen)
+    results = {}
+    for name, ann in wide_models().items():
+        calib = [prompt.view(1, -1)]  # dynamic thresholds: calibration only checks the layers
+        snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False, backend="numba")
+        params = sum(p.numel() for p in ann.parameters())
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ann_decode(ann, prompt[:4], 2)  # warm-up
+            reset = peak_rss_reset()
+            ann_tps = []
+            for _ in range(args.decode_reps):
+                seconds, tokens = ann_decode(ann, prompt, args.new_tokens)
+                ann_tps.append(tokens / seconds)
+            ann_peak = vm_hwm_mib() if reset else float("nan")
+        finally:
+            torch.set_num_threads(previous)
+
+        def snn_run(p: torch.Tensor, new: int, model: nn.Module = snn):
+            return simulate(model, p, new_tokens=new, threads=threads, progress=False)
+
+        snn_run(prompt[:4], 2)  # warm-up (numba kernels, derived weight layouts)
+        reset = peak_rss_reset()
+        snn_tps, spc = [], float("nan")
+        for _ in range(args.decode_reps):
+            result = snn_run(prompt, args.new_tokens)
+            snn_tps.append(result.tokens_per_second)
+            spc = result.stats.spikes_per_channel
+        snn_peak = vm_hwm_mib() if reset else float("nan")
+        a, b = statistics.median(ann_tps), statistics.median(snn_tps)
+        report(
+            f"{name:<34} {params / 1e6:>6.1f}M {a:>9.1f} {b:>9.1f} {b / a:>6.2f} {spc:>6.3f} "
+            f"{ann_peak:>8.0f} {snn_peak:>8.0f}"
+        )
+        results[name] = b / a
+        del snn
+    report(
+        "  (SNN: simulate backend='numba'; peak = VmHWM after a reset, process-wide, so the "
+        "second column includes the ANN still held for comparison)"
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -397,7 +511,8 @@ def main() -> None:
     report()
     report("## 2. whole-model decode")
     decode = decode_section(args, report)
-    report("HF tiny llama comparison: skipped (hidden size 32: per-call overhead only)")
+    report()
+    wide = wide_decode_section(args, report)
 
     report()
     report("## key ratios")
@@ -409,6 +524,8 @@ def main() -> None:
     ann_tps = decode["ANN fp32 (model.step)"]
     spk = decode["spiking, simulate backend=numba"]
     report(f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the ANN tok/s")
+    for name, ratio in wide.items():
+        report(f"whole-model decode ({name}, hidden {WIDE['hidden']}): {ratio:.2f}x the ANN tok/s")
     report(f"# load average at end: {loadavg()}; wall {time.perf_counter() - wall:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

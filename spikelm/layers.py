@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikelm.backends import get_backend
+from spikelm.backends import fused_backend, get_backend
 from spikelm.config import SpikeConfig
 from spikelm.encoders import get_coder
 from spikelm.estimators import SpikeStats
@@ -127,12 +127,17 @@ class SpikingLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        counts, v_th = self.spike_counts(rows)
-        if self.stats is not None:
-            self.stats.update(counts, get_coder(self.coding))
-        if self.recorder is not None:
-            self.recorder(self, counts)
-        y = get_backend(self.backend)(self, counts, v_th)
+        observed = self.stats is not None or self.recorder is not None
+        fused = None if observed or self.spike_cost else fused_backend(self.backend, rows)
+        if fused is not None:  # counts computed inside the backend: one call
+            y = fused(self, rows)
+        else:
+            counts, v_th = self.spike_counts(rows)
+            if self.stats is not None:
+                self.stats.update(counts, get_coder(self.coding))
+            if self.recorder is not None:
+                self.recorder(self, counts)
+            y = get_backend(self.backend)(self, counts, v_th)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

@@ -168,6 +168,20 @@ def get_backend(name: str, device: torch.device | str | None = None) -> LinearFn
     return _device_checked(name)
 
 
+def fused_backend(name: str, x: torch.Tensor) -> Callable[..., torch.Tensor] | None:
+    """``spiking_linear(layer, x) -> y`` of the backend ``name`` resolves to for inputs ``x``,
+    when it has that one-call path (numba on the CPU), else ``None``.
+
+    The one-call path computes the spike counts itself, in the same float32 operations as
+    :func:`spikelm.neurons.spike_counts`, so it changes per-call overhead, not the numbers.
+    """
+    if x.device.type != "cpu" or name not in ("numba", "auto"):
+        return None
+    if name == "auto" and auto_backend_name(x.device, x.shape[0]) != "numba":
+        return None
+    return _module("numba").spiking_linear
+
+
 def accumulator_backend(name: str) -> Callable[..., torch.Tensor]:
     """``accumulators(layer, counts) -> acc [M, G, out]`` of an integer backend."""
     _check_name(name)
@@ -186,6 +200,7 @@ __all__ = [
     "NAMES",
     "accumulator_backend",
     "auto_backend_name",
+    "fused_backend",
     "get_backend",
     "numba_available",
     "resolve_device",

@@ -20,7 +20,7 @@ outputs per SIMD instruction as a 32-bit accumulator would. A plane sums at most
 are merged into the exact int32 (or int64) accumulators every 255 channels and at the end of each
 weight-scale group; planes no event touched are skipped (and not zeroed).
 
-Layout and loops: the weights are held as :func:`blocked_weight` lays them out: ``W_q^T``
+Layout and loops: the weights are held as :func:`layout` lays them out: ``W_q^T``
 (int8) cut into blocks of ``BLOCK`` outputs, each block contiguous, so a channel's column within
 a block is one contiguous run and a block's weights stream sequentially. A task is one row
 (token) x one output block; its planes (``T x BLOCK`` int16) stay in the L1 cache. Before the
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -67,6 +68,7 @@ from numba import njit, prange
 from spikelm.backends.events import accumulator_dtype
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, CountRangeError
+from spikelm.neurons import check_finite, dynamic_threshold
 
 UNARY, MAGNITUDE_BITS, TWOS_COMPLEMENT = 0, 1, 2
 """How the kernel decodes a count into events (``MODES`` maps each coding to one)."""
@@ -373,6 +375,27 @@ def _run_serial(
             )  # fmt: skip
 
 
+@njit(cache=True, fastmath=False)
+def _counts_of(u, v_th, lo, hi, counts):
+    """The adaptive-threshold neuron of :func:`spikelm.neurons.spike_counts`, in the same float32
+    operations: ``clamp(sign(u) ceil(|u| / V - 1/2), lo, hi)`` (0 where ``V <= 0``) into int32
+    ``counts``. Returns 0, or 1 if ``u`` holds NaN or inf (the caller raises)."""
+    half = np.float32(0.5)
+    for r in range(u.shape[0]):
+        v = v_th[r]
+        for i in range(u.shape[1]):
+            x = u[r, i]
+            if not np.isfinite(x):
+                return 1
+            if v > 0 and x != 0:
+                c = np.ceil(abs(x) / v - half)
+                c = -c if x < 0 else c
+                counts[r, i] = np.int32(min(max(c, np.float32(lo)), np.float32(hi)))
+            else:
+                counts[r, i] = 0
+    return 0
+
+
 _ACC_TYPES = {torch.int32: numba.int32, torch.int64: numba.int64}
 _compile_seconds = 0.0
 _compiled: set = set()
@@ -499,24 +522,42 @@ def parallel_choices() -> dict:
     return _chooser.choices()
 
 
-def blocked_weight(layer) -> np.ndarray:
-    """``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B = ``min(BLOCK, out)``, the
-    last block zero-padded), cached on the layer.
+class Layout(NamedTuple):
+    """What the kernel reads of a layer, derived from its weights once and cached on it."""
 
-    Channel ``i``'s part of block ``b`` is contiguous, and so is the whole block: a task streams
-    its weights sequentially, one cache line after the next.
+    weight_b: np.ndarray  # int8 [blocks, in, B]: see layout()
+    out_features: int
+    groups: int
+    scale_t: np.ndarray  # float64 [G, out]: the weight scales, transposed
+    acc_dtype: torch.dtype  # int32, or int64 where int32 could overflow
+
+
+def _blocked(weight_q: torch.Tensor) -> np.ndarray:
+    columns = weight_q.t()  # [in, out]
+    n_in, out = columns.shape
+    width = min(BLOCK, out)
+    blocks = -(-out // width)
+    padded = torch.zeros(n_in, blocks * width, dtype=torch.int8)
+    padded[:, :out] = columns
+    return padded.reshape(n_in, blocks, width).transpose(0, 1).contiguous().numpy()
+
+
+def layout(layer) -> Layout:
+    """The layer's :class:`Layout`, cached on it (rebuilt when its weights change).
+
+    ``weight_b`` is ``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B = ``min(BLOCK,
+    out)``, the last block zero-padded): channel ``i``'s part of block ``b`` is contiguous, and so
+    is the whole block, so a task streams its weights sequentially, one cache line after the next.
     """
 
-    def make(lay) -> torch.Tensor:
-        columns = lay.weight_q.t()  # [in, out]
-        n_in, out = columns.shape
-        width = min(BLOCK, out)
-        blocks = -(-out // width)
-        padded = torch.zeros(n_in, blocks * width, dtype=torch.int8)
-        padded[:, :out] = columns
-        return padded.reshape(n_in, blocks, width).transpose(0, 1).contiguous()
+    def make(lay) -> Layout:
+        scale_t = lay.weight_scale.t().to(torch.float64).contiguous().numpy()
+        groups = lay.weight_scale.shape[1]
+        return Layout(
+            _blocked(lay.weight_q), lay.out_features, groups, scale_t, accumulator_dtype(lay)
+        )
 
-    return layer.derived("numba_blocked_weight", make).numpy()
+    return layer.derived("numba_layout", make)
 
 
 @functools.lru_cache(maxsize=64)
@@ -544,7 +585,7 @@ def run(
     """``(acc [M, G, out], None)``, or ``(empty, y [M, out])`` with the epilogue fused.
 
     numpy in, numpy out: int32 counts ``[M, in]``, the int8 weights as
-    :func:`blocked_weight` lays them out. With ``scale_t``
+    :func:`layout` lays them out. With ``scale_t``
     (float64 ``[G, out]``) and ``v_th`` (float64 ``[M]``) the epilogue is fused: each task turns
     its accumulators into float32 outputs as it merges them, and no ``acc`` array is written. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
     layer entry points check both).
@@ -605,15 +646,37 @@ def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
     return array
 
 
-def _weights(layer) -> tuple[np.ndarray, int, int]:
-    return blocked_weight(layer), layer.out_features, layer.weight_scale.shape[1]
-
-
 def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     """The layer's exact accumulators ``[M, G, out]`` (int32 or int64) for counts ``[M, in]``."""
     array = _check_counts(layer, counts)
-    acc, _ = run(array, *_weights(layer), layer.coding, layer.steps, accumulator_dtype(layer))
+    lay = layout(layer)
+    acc, _ = run(
+        array, lay.weight_b, lay.out_features, lay.groups, layer.coding, layer.steps, lay.acc_dtype
+    )
     return torch.from_numpy(acc)
+
+
+def spiking_linear(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's outputs ``[M, out]`` (float32, no bias) straight from its inputs ``x [M, in]``.
+
+    The threshold ``V_th`` is computed as :meth:`SpikingLinear.spike_counts` does (torch), the
+    counts by :func:`_counts_of` in the same float32 operations as
+    :func:`spikelm.neurons.spike_counts` (so the spikes are the same, bit for bit), and the
+    rest as :func:`linear`: one call instead of a dozen tensor operations, for token-by-token
+    decoding where per-call overhead dominates. NaN or inf inputs raise
+    :class:`~spikelm.errors.NonFiniteError` with the message ``spike_counts`` gives.
+    """
+    u = x.to(torch.float32) / layer.input_divisor
+    if layer.dynamic:
+        v_th = dynamic_threshold(u, layer.k).reshape(-1)
+    else:
+        v_th = layer.threshold.to(torch.float32).reshape(1).expand(u.shape[0])
+    u_np, v_np = u.contiguous().numpy(), v_th.contiguous().numpy()
+    counts = np.empty(u_np.shape, dtype=np.int32)
+    lo, hi = layer.count_range
+    if _counts_of(u_np, v_np, lo, hi, counts):
+        check_finite(u, f"input of layer {layer.name!r}")
+    return torch.from_numpy(_outputs(layer, counts, v_np.astype(np.float64)))
 
 
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
@@ -624,25 +687,31 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     ``epilogue(accumulators(layer, counts), ...)`` bit for bit.
     """
     array = _check_counts(layer, counts)
-    scale_t = layer.derived(
-        "weight_scale_t64", lambda lay: lay.weight_scale.t().to(torch.float64).contiguous()
-    ).numpy()
     v = v_th.detach().reshape(-1).to(torch.float64).contiguous().numpy()
     if v.shape[0] != array.shape[0]:
         v = np.ascontiguousarray(np.broadcast_to(v, (array.shape[0],)))
+    return torch.from_numpy(_outputs(layer, array, v))
+
+
+def _outputs(layer, counts: np.ndarray, v_th: np.ndarray) -> np.ndarray:
+    lay = layout(layer)
     _, y = run(
-        array, *_weights(layer), layer.coding, layer.steps, accumulator_dtype(layer), scale_t, v
-    )
-    return torch.from_numpy(y)
+        counts, lay.weight_b, lay.out_features, lay.groups, layer.coding, layer.steps,
+        lay.acc_dtype, lay.scale_t, v_th,
+    )  # fmt: skip
+    return y
 
 
 __all__ = [
     "MODES",
+    "Layout",
     "accumulators",
     "cache_stats",
     "compile_seconds",
+    "layout",
     "linear",
     "parallel_choices",
     "run",
+    "spiking_linear",
     "warmup",
 ]
