@@ -127,17 +127,18 @@ class SpikingLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        observed = self.stats is not None or self.recorder is not None
-        fused = None if observed or self.spike_cost else fused_backend(self.backend, rows)
+        fused = None if self.spike_cost else fused_backend(self.backend, rows)
         if fused is not None:  # counts computed inside the backend: one call
-            y = fused(self, rows)
+            y, counts = fused(self, rows)
+            if self.stats is not None or self.recorder is not None:
+                counts = counts.to(torch.float32)  # as spike_counts gives them
         else:
             counts, v_th = self.spike_counts(rows)
-            if self.stats is not None:
-                self.stats.update(counts, get_coder(self.coding))
-            if self.recorder is not None:
-                self.recorder(self, counts)
             y = get_backend(self.backend)(self, counts, v_th)
+        if self.stats is not None:
+            self.stats.update(counts, get_coder(self.coding))
+        if self.recorder is not None:
+            self.recorder(self, counts)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

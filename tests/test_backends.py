@@ -317,6 +317,10 @@ def test_numba_parallel_split_matches_the_reference(
     # Force the parallel kernel on a small layer: tasks are rows x output blocks.
     monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(numba_events, "PARALLEL", True)
+    assert numba_events.block_width(4096, 2) == numba_events.BLOCK == 1024
+    assert numba_events.block_width(1024, 2) == 512  # narrow: a block per thread
+    assert numba_events.block_width(2816, 4) == 704
+    assert numba_events.block_width(128, 2) == 128
     monkeypatch.setattr(numba_events, "BLOCK", 16)  # out 40: blocks of 16, 16 and 8 (padded)
     layer = _layer(coding, CODINGS[coding], group_size)
     counts, v_th = _counts(layer, rows), _thresholds(rows)
@@ -369,6 +373,38 @@ def test_numba_runs_of_alike_channels_match_the_reference(coding: str, group_siz
     assert torch.equal(
         numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
     )
+
+
+@needs_numba
+@pytest.mark.parametrize("threshold", ["dynamic", "static_tensor"])
+def test_numba_one_call_path_fires_the_same_spikes_and_outputs(threshold: str) -> None:
+    """``spiking_linear`` computes the counts inside numba; they and the outputs must equal the
+    two-step path (torch's ``spike_counts`` then ``linear``) bit for bit: ties at exactly half a
+    threshold, zeros, an all-zero token, counts clamped at the coding's range, a channel divisor."""
+    from spikelm.backends import numba_events
+    from spikelm.errors import NonFiniteError
+
+    config = SpikeConfig(coding="bitwise_bidirectional", steps=4, threshold=threshold)
+    layer = SpikingLinear(48, 40, config, name="test")
+    weight_q, scale = quantize_weight(torch.randn(40, 48), 8, 128)
+    layer.weight_q.copy_(weight_q)
+    layer.weight_scale.copy_(scale)
+    layer.input_divisor.copy_(2.0 ** torch.randint(-2, 3, (48,)).float())  # exact: keeps ties
+    if threshold != "dynamic":
+        layer.threshold.fill_(0.25)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 48, generator=g) * 2
+    x[1] = 0.0  # silent token (dynamic threshold 0)
+    x[2, :8] = (torch.arange(8) + 0.5) * 0.25 * layer.input_divisor[:8]  # ties (static)
+    x[3, :4] = torch.tensor([1e3, -1e3, 1e-30, -0.0])  # clamped, tiny, negative zero
+    expected_counts, v_th = layer.spike_counts(x)
+    y, counts = numba_events.spiking_linear(layer, x)
+    assert torch.equal(counts.to(torch.float32), expected_counts)
+    assert int(expected_counts.abs().max()) == 15  # the range edge was reached
+    assert torch.equal(y, numba_events.linear(layer, expected_counts, v_th))
+    x[4, 7] = float("nan")
+    with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
+        numba_events.spiking_linear(layer, x)
 
 
 @needs_numba

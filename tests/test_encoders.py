@@ -85,7 +85,9 @@ def test_steps_needed_matches_design_table() -> None:
     assert get_coder("ternary").steps_needed(-n).tolist() == [0, 1, 5, 7, 8, 255]
     assert get_coder("bitwise_bidirectional").steps_needed(-n).tolist() == [0, 1, 3, 3, 4, 8]
     # two's complement: 7 needs 4 bits (0111), -8 needs 4 bits (1000)
-    assert get_coder("bitwise_twos_complement").steps_needed(torch.tensor([7, -8, -9])).tolist() == [
+    assert get_coder("bitwise_twos_complement").steps_needed(
+        torch.tensor([7, -8, -9])
+    ).tolist() == [
         4,
         4,
         5,

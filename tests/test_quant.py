@@ -43,4 +43,6 @@ def test_zero_rows_quantize_to_zero_without_nan() -> None:
 
 def test_fake_quant_activation_is_per_token_absmax() -> None:
     x = torch.tensor([[1.0, -127.0, 0.4], [0.0, 0.0, 0.0]])
-    assert torch.equal(fake_quant_activation(x), torch.tensor([[1.0, -127.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert torch.equal(
+        fake_quant_activation(x), torch.tensor([[1.0, -127.0, 0.0], [0.0, 0.0, 0.0]])
+    )

@@ -169,7 +169,7 @@ def get_backend(name: str, device: torch.device | str | None = None) -> LinearFn
 
 
 def fused_backend(name: str, x: torch.Tensor) -> Callable[..., torch.Tensor] | None:
-    """``spiking_linear(layer, x) -> y`` of the backend ``name`` resolves to for inputs ``x``,
+    """``spiking_linear(layer, x) -> (y, counts)`` of the backend ``name`` resolves to for ``x``,
     when it has that one-call path (numba on the CPU), else ``None``.
 
     The one-call path computes the spike counts itself, in the same float32 operations as

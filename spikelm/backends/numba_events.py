@@ -82,13 +82,18 @@ MODES = {
 }
 
 BLOCK = 1024
-"""Outputs per block of the weight layout (and per task): one row's int16 planes of a block,
-``T x BLOCK x 2`` bytes (16 KiB at T = 8), stay in the L1 cache."""
+"""Most outputs per block of the weight layout (and per task): one row's int16 planes of a
+block, ``T x BLOCK x 2`` bytes (16 KiB at T = 8), stay in the L1 cache. Narrower layers get
+blocks of ``out / threads`` (multiples of 64, at least ``MIN_BLOCK``), so that one token's
+work still splits between the threads."""
+
+MIN_BLOCK = 256
+"""Fewest outputs per block when a layer is cut for the threads."""
 
 PLANE_CHANNELS = 255
 """Channels summed into an int16 plane before it is merged: ``255 * 128 <= 32767``."""
 
-PARALLEL_MIN_WORK = 1 << 20
+PARALLEL_MIN_WORK = 1 << 17
 """Below this many ``active channels x out`` column updates a call runs serially."""
 
 PARALLEL: bool | str = "auto"
@@ -503,7 +508,9 @@ class _Chooser:
 
     @staticmethod
     def _best(times) -> bool:
-        return bool(float(np.median(times[True])) < float(np.median(times[False])))
+        # a few samples: sorting in Python costs far less than np.median's overhead per call
+        parallel, serial = sorted(times[True]), sorted(times[False])
+        return parallel[len(parallel) // 2] < serial[len(serial) // 2]
 
     def choices(self) -> dict:
         """``{problem key: "parallel" | "serial"}`` as decided so far (for benchmarks)."""
@@ -532,10 +539,16 @@ class Layout(NamedTuple):
     acc_dtype: torch.dtype  # int32, or int64 where int32 could overflow
 
 
+def block_width(out_features: int, threads: int) -> int:
+    """Outputs per block: ``BLOCK``, or ``out / threads`` (rounded up to 64) for narrow layers."""
+    per_thread = -(-out_features // max(1, threads) // 64) * 64
+    return min(out_features, BLOCK, max(MIN_BLOCK, per_thread))
+
+
 def _blocked(weight_q: torch.Tensor) -> np.ndarray:
     columns = weight_q.t()  # [in, out]
     n_in, out = columns.shape
-    width = min(BLOCK, out)
+    width = block_width(out, numba.get_num_threads())
     blocks = -(-out // width)
     padded = torch.zeros(n_in, blocks * width, dtype=torch.int8)
     padded[:, :out] = columns
@@ -545,8 +558,8 @@ def _blocked(weight_q: torch.Tensor) -> np.ndarray:
 def layout(layer) -> Layout:
     """The layer's :class:`Layout`, cached on it (rebuilt when its weights change).
 
-    ``weight_b`` is ``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B = ``min(BLOCK,
-    out)``, the last block zero-padded): channel ``i``'s part of block ``b`` is contiguous, and so
+    ``weight_b`` is ``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B from
+    :func:`block_width` for numba's thread count then; the last block zero-padded): channel ``i``'s part of block ``b`` is contiguous, and so
     is the whole block, so a task streams its weights sequentially, one cache line after the next.
     """
 
@@ -656,8 +669,9 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(acc)
 
 
-def spiking_linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """The layer's outputs ``[M, out]`` (float32, no bias) straight from its inputs ``x [M, in]``.
+def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y [M, out], counts [M, in])``: the layer's outputs (float32, no bias) straight from its
+    inputs ``x [M, in]``, and the spike counts it computed (int32).
 
     The threshold ``V_th`` is computed as :meth:`SpikingLinear.spike_counts` does (torch), the
     counts by :func:`_counts_of` in the same float32 operations as
@@ -676,7 +690,8 @@ def spiking_linear(layer, x: torch.Tensor) -> torch.Tensor:
     lo, hi = layer.count_range
     if _counts_of(u_np, v_np, lo, hi, counts):
         check_finite(u, f"input of layer {layer.name!r}")
-    return torch.from_numpy(_outputs(layer, counts, v_np.astype(np.float64)))
+    y = _outputs(layer, counts, v_np.astype(np.float64))
+    return torch.from_numpy(y), torch.from_numpy(counts)
 
 
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
