@@ -171,6 +171,26 @@ def _add_channels4(planes, p, weight_b, b, i, j, k, m, positive):
 
 
 @njit(inline="always")
+def _add_channels8(planes, p, weight_b, b, order, r, j, positive):
+    """Eight single-spike channels ``order[r, j:j+8]`` with the same step and polarity."""
+    size = np.uint64(weight_b.shape[2])
+    i0, i1, i2, i3 = order[r, j], order[r, j + 1], order[r, j + 2], order[r, j + 3]
+    i4, i5, i6, i7 = order[r, j + 4], order[r, j + 5], order[r, j + 6], order[r, j + 7]
+    for o in range(np.uint64(0), size):
+        w = (
+            (np.int16(weight_b[b, i0, o]) + np.int16(weight_b[b, i1, o]))
+            + (np.int16(weight_b[b, i2, o]) + np.int16(weight_b[b, i3, o]))
+        ) + (
+            (np.int16(weight_b[b, i4, o]) + np.int16(weight_b[b, i5, o]))
+            + (np.int16(weight_b[b, i6, o]) + np.int16(weight_b[b, i7, o]))
+        )
+        if positive:
+            planes[p, o] += w
+        else:
+            planes[p, o] -= w
+
+
+@njit(inline="always")
 def _merge(planes, used, shifts, negative, merged, fresh):
     """``merged (+)= sum_t c_t P_t`` over the touched planes, ``c_t = -+(1 << shift_t)``, and
     free them. ``fresh``: ``merged`` holds nothing yet. Returns whether it now does."""
@@ -307,6 +327,14 @@ def _run_task(
                         used[events[e]] = True
                         planes[events[e], :] = 0
                 if k == 1:
+                    if (
+                        j + 7 < end
+                        and kind[r, j + 7] == kind[r, j]
+                        and (steps_of[r, j + 7, 0] == events[0])
+                    ):
+                        _add_channels8(planes, events[0], weight_b, b, order, r, j, positive)
+                        j += 8
+                        continue
                     # sorted: j .. j+3 share step and polarity when j+3 is in j's class
                     if (
                         j + 3 < end
