@@ -14,8 +14,9 @@ name                      devices    what it does (``cpu, cuda``: any device tor
                                      (pseudo-spiking; equal to the reference within float rounding)
 ``torch_events``          cpu, cuda  event-driven: ``index_add_`` of the shifted int8 weight column
                                      of every spike event into exact integer accumulators
-``numba``                 cpu        event-driven compiled kernel: shift-adds of weight columns per
-                                     event, parallel over rows / output blocks, cached on disk
+``numba``                 cpu        event-driven compiled kernel: adds of int8 weight columns per
+                                     event into per-step int16 sums merged by shifts; parallel
+                                     over rows x output blocks; cached on disk
 ``auto``                  cpu, cuda  see :func:`auto_backend_name`
 ========================  =========  =============================================================
 
