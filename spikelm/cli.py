@@ -189,7 +189,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"throughput: {result.tokens_per_second:.1f} tokens/s, "
         f"{result.events_per_second:,.0f} spike events/s "
-        f"({result.events:,} events in {result.seconds:.2f} s)"
+        f"({result.events:,} events in {result.seconds:.2f} s"
+        + (
+            f"; {result.compile_seconds:.2f} s compiling/loading numba kernels before that"
+            if result.compile_seconds
+            else ""
+        )
+        + ")"
     )
     print(
         f"firing rate {stats.firing_rate:.4f}, sparsity {stats.sparsity:.4f}, "

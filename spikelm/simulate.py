@@ -61,7 +61,9 @@ class SimulationResult:
 
     ``tokens`` is the number of tokens fed through the model (the input, then every generated
     token but the last, which needs no forward pass); it is also each recorded layer's
-    ``n_tokens``. ``seconds`` is the wall time of the token loop, recording included.
+    ``n_tokens``. ``seconds`` is the wall time of the token loop, recording included;
+    ``compile_seconds`` the time spent before it compiling (or loading from numba's disk cache)
+    the numba kernels the layers will run, kept out of ``seconds``.
     """
 
     tokens: int
@@ -76,6 +78,7 @@ class SimulationResult:
     stepping: str
     record: Path | None = None
     recorded_layers: tuple[str, ...] = ()
+    compile_seconds: float = 0.0
     logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -302,6 +305,21 @@ def _stepper(model: nn.Module) -> _HybridStepper | _HFStepper:
 # --- the driver ---------------------------------------------------------------------------------
 
 
+def _compile_kernels(layers: Iterable[SpikingLinear], device: torch.device) -> float:
+    """Compile (or load) the numba kernels the layers will run, before any timing: seconds."""
+    layers = list(layers)
+    if device.type != "cpu" or not any(layer.backend in ("numba", "auto") for layer in layers):
+        return 0.0
+    from spikelm.backends import numba_available
+
+    if not numba_available():
+        return 0.0
+    from spikelm.backends import numba_events
+    from spikelm.backends.events import accumulator_dtype
+
+    return numba_events.warmup(tuple({accumulator_dtype(layer) for layer in layers}))
+
+
 def _vocab_size(model: nn.Module) -> int | None:
     size = getattr(getattr(model, "config", None), "vocab_size", None)
     return int(size) if isinstance(size, int) else None
@@ -388,6 +406,7 @@ def simulate(
             layer.backend = backend
     used_backends = ", ".join(sorted({layer.backend for layer in spiking.values()}))
     model.eval().to(dev)
+    compile_seconds = _compile_kernels(spiking.values(), dev)
     ids = ids.to(dev)
     stop = {int(i) for i in stop_ids}
     planned = len(ids) + max(new_tokens - 1, 0)
@@ -467,6 +486,7 @@ def simulate(
         backend=used_backends,
         device=str(dev),
         stepping=stepper.mode,
+        compile_seconds=compile_seconds,
         record=Path(record) if record is not None else None,
         recorded_layers=tuple(recorded),
         logits=torch.stack(kept) if return_logits else None,

@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_HYBRID
 
 import spikelm
+from spikelm.backends import numba_available
 from spikelm.cli import main
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
@@ -160,6 +161,9 @@ def test_every_backend_runs_the_model(model) -> None:
         assert result.generated == dense.generated, name
         torch.testing.assert_close(result.logits, dense.logits, atol=1e-4, rtol=0)
         assert result.events == dense.events, name  # the counts do not depend on the backend
+    if numba_available():  # numba's kernels are compiled (or loaded) before the timed loop
+        assert runs["numba"].compile_seconds > 0
+    assert runs["torch"].compile_seconds == 0.0
 
 
 def test_a_failing_run_leaves_no_recording(model, tmp_path: Path, monkeypatch) -> None:
