@@ -402,6 +402,8 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(threshold: str) -
     assert torch.equal(counts.to(torch.float32), expected_counts)
     assert int(expected_counts.abs().max()) == 15  # the range edge was reached
     assert torch.equal(y, numba_events.linear(layer, expected_counts, v_th))
+    layer.backend = "numba"  # through the layer, from an input that carries autograd history
+    assert torch.equal(layer(x.clone().requires_grad_(True)), y + layer.bias)
     x[4, 7] = float("nan")
     with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
         numba_events.spiking_linear(layer, x)

@@ -722,7 +722,7 @@ def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     decoding where per-call overhead dominates. NaN or inf inputs raise
     :class:`~spikelm.errors.NonFiniteError` with the message ``spike_counts`` gives.
     """
-    u = x.to(torch.float32) / layer.input_divisor
+    u = x.detach().to(torch.float32) / layer.input_divisor  # counts carry no gradient
     if layer.dynamic:
         v_th = dynamic_threshold(u, layer.k).reshape(-1)
     else:
