@@ -336,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    if not args.debug:  # transformers' notes (e.g. "optimized kernel not installed") only then
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -316,3 +316,22 @@ def test_cli_bad_inputs_are_one_line(checkpoint: Path, tmp_path: Path, capsys) -
     assert not (tmp_path / "missing").exists()
     assert not list(tmp_path.glob("**/*.h5")) and not list(tmp_path.glob("**/.*partial*"))
     assert np.all([p.is_dir() for p in tmp_path.iterdir()])
+
+
+def test_cli_hides_transformers_warnings_unless_debug(hf_models, tmp_path: Path) -> None:
+    """mamba2 without its optional kernels: transformers warns that it falls back to torch; the
+    CLI keeps that off its output unless --debug (a fresh process: the setting acts at import)."""
+    import subprocess
+    import sys
+
+    import hf_tiny
+
+    ckpt = spikelm.save(hf_models("mamba2"), tmp_path / "ckpt", tokenizer=hf_tiny.build_tokenizer())
+    command = [sys.executable, "-m", "spikelm", "simulate", str(ckpt), "--tokens", "2"]
+    command += ["--prompt", "hello"]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    loud = subprocess.run([*command[:3], "--debug", *command[3:]], capture_output=True, text=True)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "throughput" in quiet.stdout
+    assert "falling back" not in quiet.stderr
+    assert "falling back" in loud.stderr
