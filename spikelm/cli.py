@@ -7,9 +7,10 @@ failure prints one line too and exits 3. ``--debug`` re-raises, showing the trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from spikelm import __version__
 from spikelm.errors import SpikelmError
@@ -329,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _transformers_warnings(shown: bool) -> Iterator[None]:
+    """Hide transformers' warnings (e.g. an optional fast kernel not installed) unless ``shown``.
+
+    Through its environment variable, which transformers reads when first imported (the commands
+    import it lazily); restored afterwards, so a caller of :func:`main` keeps its environment.
+    """
+    key = "TRANSFORMERS_VERBOSITY"
+    previous = os.environ.get(key)
+    if not shown and previous is None:
+        os.environ[key] = "error"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -336,10 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
-    if not args.debug:  # transformers' notes (e.g. "optimized kernel not installed") only then
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        return handler(args)
+        with _transformers_warnings(shown=args.debug):
+            return handler(args)
     except KeyboardInterrupt:
         print("spikelm: interrupted", file=sys.stderr)
         return 130
