@@ -410,6 +410,19 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(threshold: str) -
 
 
 @needs_numba
+def test_numba_counts_beyond_int32_with_many_steps() -> None:
+    """Bitwise codes over T = 40 steps hold counts past 2^31: int64 counts, int64 accumulators."""
+    from spikelm.backends import numba_events
+
+    layer = _layer("bitwise_bidirectional", 40, 16)
+    counts = torch.randint(-300, 301, (2, 48), generator=torch.Generator().manual_seed(5))
+    counts[0, 5:9] = torch.tensor([2**35 + 5, -(2**36) - 3, 2**31, -(2**31) - 1])
+    assert accumulator_dtype(layer) == torch.int64
+    expected = accumulator_backend("reference")(layer, counts)
+    assert torch.equal(numba_events.accumulators(layer, counts), expected)
+
+
+@needs_numba
 def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkeypatch) -> None:
     import numba
 

@@ -412,7 +412,7 @@ def _run_serial(
 @njit(cache=True, fastmath=False)
 def _counts_of(u, v_th, lo, hi, counts):
     """The adaptive-threshold neuron of :func:`spikelm.neurons.spike_counts`, in the same float32
-    operations: ``clamp(sign(u) ceil(|u| / V - 1/2), lo, hi)`` (0 where ``V <= 0``) into int32
+    operations: ``clamp(sign(u) ceil(|u| / V - 1/2), lo, hi)`` (0 where ``V <= 0``) into int64
     ``counts``. Returns 0, or 1 if ``u`` holds NaN or inf (the caller raises)."""
     half = np.float32(0.5)
     for r in range(u.shape[0]):
@@ -424,7 +424,7 @@ def _counts_of(u, v_th, lo, hi, counts):
             if v > 0 and x != 0:
                 c = np.ceil(abs(x) / v - half)
                 c = -c if x < 0 else c
-                counts[r, i] = np.int32(min(max(c, np.float32(lo)), np.float32(hi)))
+                counts[r, i] = np.int64(min(max(c, np.float32(lo)), np.float32(hi)))
             else:
                 counts[r, i] = 0
     return 0
@@ -439,7 +439,7 @@ def _signatures(acc_dtype: torch.dtype) -> tuple:
     acc = _ACC_TYPES[acc_dtype]
     i64 = numba.int64
     arguments = (
-        numba.int32[:, ::1],  # counts
+        numba.int64[:, ::1],  # counts (int64: bitwise codes over T > 31 steps)
         numba.int8[:, :, ::1],  # weight_b
         i64, i64,  # width, mode
         numba.int64[::1], numba.boolean[::1],  # shifts, negative
@@ -473,7 +473,7 @@ def _ensure_counts() -> None:
         return
     start = time.perf_counter()
     f32 = numba.float32
-    _counts_of.compile((f32[:, ::1], f32[::1], numba.int64, numba.int64, numba.int32[:, ::1]))
+    _counts_of.compile((f32[:, ::1], f32[::1], numba.int64, numba.int64, numba.int64[:, ::1]))
     _compiled.add("counts")
     _compile_seconds += time.perf_counter() - start
 
@@ -639,7 +639,7 @@ def run(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(acc [M, G, out], None)``, or ``(empty, y [M, out])`` with the epilogue fused.
 
-    numpy in, numpy out: int32 counts ``[M, in]``, the int8 weights as
+    numpy in, numpy out: int64 counts ``[M, in]``, the int8 weights as
     :func:`layout` lays them out. With ``scale_t``
     (float64 ``[G, out]``) and ``v_th`` (float64 ``[M]``) the epilogue is fused: each task turns
     its accumulators into float32 outputs as it merges them, and no ``acc`` array is written. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
@@ -685,7 +685,7 @@ def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
             f"{counts.device}; use backend 'torch' or 'torch_events' there, or move the model "
             "to the CPU"
         )
-    as_int = counts.detach().to(torch.int32).contiguous()
+    as_int = counts.detach().to(torch.int64).contiguous()
     if counts.is_floating_point() and not torch.equal(as_int.to(counts.dtype), counts):
         raise CountRangeError(
             f"layer {layer.name!r}: spike counts must be whole numbers (and finite)"
@@ -713,7 +713,7 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
 
 def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [M, out], counts [M, in])``: the layer's outputs (float32, no bias) straight from its
-    inputs ``x [M, in]``, and the spike counts it computed (int32).
+    inputs ``x [M, in]``, and the spike counts it computed (int64).
 
     The threshold ``V_th`` is computed as :meth:`SpikingLinear.spike_counts` does (torch), the
     counts by :func:`_counts_of` in the same float32 operations as
@@ -728,7 +728,7 @@ def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         v_th = layer.threshold.to(torch.float32).reshape(1).expand(u.shape[0])
     u_np, v_np = u.contiguous().numpy(), v_th.contiguous().numpy()
-    counts = np.empty(u_np.shape, dtype=np.int32)
+    counts = np.empty(u_np.shape, dtype=np.int64)
     lo, hi = layer.count_range
     _ensure_counts()
     if _counts_of(u_np, v_np, lo, hi, counts):
