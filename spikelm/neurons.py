@@ -39,6 +39,7 @@ NaN or inf inputs raise :class:`~spikelm.errors.NonFiniteError`: a spike count c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -64,6 +65,23 @@ def dynamic_threshold(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
     return x.abs().mean(-1, keepdim=True) / k
 
 
+@functools.lru_cache(maxsize=128)
+def exact_count_range(count_range: tuple[int, int], dtype: torch.dtype) -> tuple[float, float]:
+    """The bounds ``(lo, hi)`` as values of the float ``dtype``, rounded toward zero if needed.
+
+    float32 holds every integer only up to 2^24; a bitwise range over more steps (hi = 2^T - 1)
+    would round *up* to 2^T, one past the range. Clamping to these bounds keeps every count
+    inside it.
+    """
+    bounds = []
+    for bound in count_range:
+        value = torch.tensor(float(bound), dtype=dtype)
+        if abs(int(value.item())) > abs(bound):
+            value = torch.nextafter(value, torch.zeros_like(value))
+        bounds.append(value.item())
+    return bounds[0], bounds[1]
+
+
 def spike_counts(
     x: torch.Tensor,
     threshold: torch.Tensor,
@@ -81,7 +99,7 @@ def spike_counts(
     counts = torch.sign(x) * torch.ceil(x.abs() / safe - 0.5)
     counts = torch.where(threshold > 0, counts, torch.zeros_like(counts))
     if count_range is not None:
-        counts = counts.clamp(*count_range)
+        counts = counts.clamp(*exact_count_range(tuple(count_range), counts.dtype))
     return counts
 
 
@@ -149,7 +167,8 @@ def adaptive_threshold_spikes(
     magnitude = torch.where(v_th > 0, x.abs() / safe, torch.zeros_like(x))
     lo, hi = count_range
     counts = error_aware_counts(magnitude, spike_cost, events, max(hi, -lo))
-    return (torch.sign(x) * counts).clamp(lo, hi), v_th
+    counts = torch.sign(x) * counts
+    return counts.clamp(*exact_count_range(tuple(count_range), counts.dtype)), v_th
 
 
 class IFState(NamedTuple):

@@ -423,6 +423,26 @@ def test_numba_counts_beyond_int32_with_many_steps() -> None:
 
 
 @needs_numba
+def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> None:
+    """T = 40: hi = 2^40 - 1 is not a float32; clamping must not round it up out of the range
+    (the torch neuron and numba's one-call path alike, with the same counts)."""
+    from spikelm.backends import numba_events
+
+    config = SpikeConfig(coding="bitwise_bidirectional", steps=40, threshold="static_tensor")
+    layer = SpikingLinear(48, 40, config, name="wide")
+    layer.threshold.fill_(1e-3)
+    x = torch.randn(2, 48)
+    x[0, :2] = torch.tensor([1e10, -1e10])  # 1e13 thresholds: far past the range
+    counts, _ = layer.spike_counts(x)
+    lo, hi = layer.count_range
+    assert lo <= float(counts.min()) and float(counts.max()) <= hi
+    assert float(counts.max()) > hi - 2**17  # clamped to the last float32 below 2^40
+    get_coder(layer.coding).events(counts, layer.steps)  # in range: no CountRangeError
+    _, fused = numba_events.spiking_linear(layer, x)
+    assert torch.equal(fused.to(torch.float32), counts)
+
+
+@needs_numba
 def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkeypatch) -> None:
     import numba
 

@@ -68,7 +68,7 @@ from numba import njit, prange
 from spikelm.backends.events import accumulator_dtype
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, CountRangeError
-from spikelm.neurons import check_finite, dynamic_threshold
+from spikelm.neurons import check_finite, dynamic_threshold, exact_count_range
 
 UNARY, MAGNITUDE_BITS, TWOS_COMPLEMENT = 0, 1, 2
 """How the kernel decodes a count into events (``MODES`` maps each coding to one)."""
@@ -413,6 +413,7 @@ def _run_serial(
 def _counts_of(u, v_th, lo, hi, counts):
     """The adaptive-threshold neuron of :func:`spikelm.neurons.spike_counts`, in the same float32
     operations: ``clamp(sign(u) ceil(|u| / V - 1/2), lo, hi)`` (0 where ``V <= 0``) into int64
+    (``lo``, ``hi``: the range's bounds as float32 values, :func:`~spikelm.neurons.exact_count_range`)
     ``counts``. Returns 0, or 1 if ``u`` holds NaN or inf (the caller raises)."""
     half = np.float32(0.5)
     for r in range(u.shape[0]):
@@ -473,7 +474,7 @@ def _ensure_counts() -> None:
         return
     start = time.perf_counter()
     f32 = numba.float32
-    _counts_of.compile((f32[:, ::1], f32[::1], numba.int64, numba.int64, numba.int64[:, ::1]))
+    _counts_of.compile((f32[:, ::1], f32[::1], numba.float64, numba.float64, numba.int64[:, ::1]))
     _compiled.add("counts")
     _compile_seconds += time.perf_counter() - start
 
@@ -729,7 +730,7 @@ def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v_th = layer.threshold.to(torch.float32).reshape(1).expand(u.shape[0])
     u_np, v_np = u.contiguous().numpy(), v_th.contiguous().numpy()
     counts = np.empty(u_np.shape, dtype=np.int64)
-    lo, hi = layer.count_range
+    lo, hi = exact_count_range(layer.count_range, torch.float32)
     _ensure_counts()
     if _counts_of(u_np, v_np, lo, hi, counts):
         check_finite(u, f"input of layer {layer.name!r}")
