@@ -27,12 +27,17 @@ a block is one contiguous run and a block's weights stream sequentially. A task 
 tasks, each row is planned (:func:`_plan_row`): its active channels, group by group, are sorted
 by kind of spike train (one spike at step t; two; three; more), so the kernel's branches are
 predictable, channels with two or three spikes add their column to all their planes in one pass,
-and runs of four single-spike channels with the same step add into their plane together. At
-each group the task first reads the group's active weights once in address order (memory then
-streams them), then applies the events in the sorted order from cache. Tasks run in parallel
-(``prange`` over rows x blocks; each writes its own outputs, no reduction). Calls with less than
-``PARALLEL_MIN_WORK`` column updates run the same work serially (a parallel region costs more
-than it saves there); ``numba.set_num_threads(1)`` makes every call serial.
+and runs of four or eight single-spike channels with the same step add into their plane
+together. At each group the task first reads the group's active weights once in address order
+(memory then streams them), then applies the events in the sorted order from cache. Tasks run
+in parallel (``prange`` over rows x blocks; each writes its own outputs, no reduction). Calls
+with less than ``PARALLEL_MIN_WORK`` column updates run the same work serially (a parallel region
+costs more than it saves there); ``numba.set_num_threads(1)`` makes every call serial.
+
+The one-call path :func:`spiking_linear` (what ``SpikingLinear`` uses on the CPU) also computes
+the spike counts in a kernel (:func:`_counts_of`), in the float32 operations of
+:func:`spikelm.neurons.spike_counts`: the same spikes, with per-layer overhead down from a dozen
+tensor operations to one torch reduction (the threshold) and two compiled calls.
 
 Threads: numba's ``omp`` layer shares torch's OpenMP runtime, whose idle workers spin. On an
 oversubscribed machine (more busy threads than cores) a parallel call can then wait for scheduler
@@ -249,7 +254,7 @@ def _plan_row(counts, r, width, mode, steps, order, kind, steps_of, active):
     2, 3, and 4 or more spikes, by polarity. ``kind`` is ``+-k`` (k spikes, the sign their
     polarity) and ``steps_of`` the steps of the first three. The order changes nothing in the
     exact sums; it makes the kernel's branches predictable and lets it add runs of single-spike
-    channels that share a step four at a time.
+    channels that share a step four or eight at a time.
     """
     mask = (np.int64(1) << steps) - 1
     events = np.empty(max(steps, 64), dtype=np.int64)
