@@ -267,7 +267,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
                 spars = 1.0 - events / (batch * in_f * config.steps)
                 reps, budget = args.reps, args.budget
                 with torch.no_grad():
-                    for _ in range(8):  # PARALLEL="auto" times both kernels on first calls
+                    for _ in range(10):  # PARALLEL="auto" times both kernels on first calls
                         numba_fn(layer, counts, v_th)
                     t_numba = timeit(
                         lambda a=(layer, counts, v_th): numba_fn(*a), reps, budget, before=cold

@@ -522,14 +522,16 @@ class _Chooser:
     is about twice as fast as the serial one. Timing both settles it where the code runs.
     """
 
-    SAMPLES = 3  # timings kept per mode; the median decides
+    SAMPLES = 3  # timings kept per mode (after a first, untimed call each); the median decides
     FIRST_RETRY, LAST_RETRY = 8, 1024  # calls before the losing mode is timed again (doubling)
 
     def __init__(self) -> None:
         self.state: dict = {}
 
     def pick(self, key) -> bool:
-        state = self.state.setdefault(key, {"times": {False: [], True: []}, "wait": 0, "gap": 0})
+        state = self.state.setdefault(
+            key, {"times": {False: [], True: []}, "warm": set(), "wait": 0, "gap": 0}
+        )
         times = state["times"]
         for mode in (True, False):  # time each mode a few times first
             if len(times[mode]) < self.SAMPLES:
@@ -545,6 +547,9 @@ class _Chooser:
     def record(self, key, parallel: bool, seconds: float) -> None:
         state = self.state.get(key)
         if state is None:
+            return
+        if parallel not in state["warm"]:  # a mode's first call pays one-time costs: not kept
+            state["warm"].add(parallel)
             return
         previous = self._best(state["times"]) if all(state["times"].values()) else None
         samples = state["times"][parallel]
