@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from spikelm.encoders import SpikeCoder, get_coder
-from spikelm.errors import ShapeError
+from spikelm.errors import ConfigError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,19 @@ def accumulator_bound(coding: str | SpikeCoder, steps: int, group_width: int) ->
     return int(weights.abs().sum()) * 128 * group_width
 
 
+@functools.lru_cache(maxsize=64)
+def step_shifts(coding: str | SpikeCoder, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log2|c_t|, c_t < 0)`` per step (int64, bool; CPU): an event at step ``t`` adds its
+    column shifted left by ``log2|c_t|``, negated where ``c_t < 0``. Every exact coder's step
+    weight is a signed power of two; anything else raises :class:`ConfigError`."""
+    weights = get_coder(coding).step_weights(steps)
+    magnitude = weights.abs()
+    shift = torch.log2(magnitude.to(torch.float64)).round().to(torch.int64)
+    if not bool(torch.equal(torch.ones_like(magnitude) << shift, magnitude)):
+        raise ConfigError(f"step weights {weights.tolist()} are not signed powers of two")
+    return shift, weights < 0
+
+
 def accumulator_dtype(layer) -> torch.dtype:
     """int32 when the layer's accumulators cannot overflow it (the usual case), else int64."""
     width = layer.in_features // layer.weight_scale.shape[1]
@@ -128,4 +141,10 @@ def count_events(counts: torch.Tensor, coding: str | SpikeCoder, steps: int) -> 
     )
 
 
-__all__ = ["SpikeEvents", "accumulator_bound", "accumulator_dtype", "count_events"]
+__all__ = [
+    "SpikeEvents",
+    "accumulator_bound",
+    "accumulator_dtype",
+    "count_events",
+    "step_shifts",
+]

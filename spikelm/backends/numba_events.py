@@ -61,7 +61,6 @@ numba is imported by this module only; ``import spikelm`` does not import it.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import NamedTuple
 
@@ -70,8 +69,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from spikelm.backends.events import accumulator_dtype
-from spikelm.encoders import get_coder
+from spikelm.backends.events import accumulator_dtype, step_shifts
 from spikelm.errors import ConfigError, CountRangeError
 from spikelm.neurons import check_finite, dynamic_threshold, exact_count_range
 
@@ -626,17 +624,6 @@ def layout(layer) -> Layout:
     return layer.derived("numba_layout", make)
 
 
-@functools.lru_cache(maxsize=64)
-def _step_shifts(coding: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(shift_t, negative_t)`` with ``c_t = -+(1 << shift_t)``: the coding's step weights."""
-    weights = get_coder(coding).step_weights(steps).numpy()
-    magnitude = np.abs(weights)
-    shifts = np.log2(magnitude).astype(np.int64)
-    if not np.array_equal(np.int64(1) << shifts, magnitude):
-        raise ConfigError(f"coding {coding!r}: step weights {weights} are not powers of two")
-    return shifts, weights < 0
-
-
 def run(
     counts: np.ndarray,
     weight_b: np.ndarray,
@@ -666,7 +653,8 @@ def run(
         scale_t, v_th = np.zeros((groups, out_features)), np.zeros(0)
     if rows == 0 or out_features == 0:
         return acc, (y if fused else None)
-    shifts, negative = _step_shifts(coding, steps)
+    shift_t, negative_t = step_shifts(coding, steps)
+    shifts, negative = shift_t.numpy(), negative_t.numpy()
     work = int(np.count_nonzero(counts)) * out_features
     # (asking for the thread count starts numba's pool: small problems never ask)
     parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1

@@ -14,19 +14,10 @@ from __future__ import annotations
 import torch
 
 from spikelm.backends.epilogue import epilogue
-from spikelm.backends.events import accumulator_dtype, count_events
+from spikelm.backends.events import accumulator_dtype, count_events, step_shifts
 
 #: Elements of ``[events, out]`` gathered per chunk (32 Mi int32 = 128 MiB at most).
 CHUNK_ELEMENTS = 1 << 25
-
-
-def _step_shifts(step_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log2|c_t|, c_t < 0)`` per step; every exact coder's ``c_t`` is a signed power of two."""
-    magnitude = step_weights.abs()
-    shift = torch.log2(magnitude.to(torch.float64)).round().to(torch.int64)
-    if not bool(torch.equal(torch.ones_like(magnitude) << shift, magnitude)):
-        raise ValueError(f"step weights {step_weights.tolist()} are not signed powers of two")
-    return shift, step_weights < 0
 
 
 def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
@@ -38,7 +29,7 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     acc = torch.zeros(rows * groups, out_features, dtype=dtype, device=counts.device)
     events = count_events(counts, layer.coding, layer.steps)
     if len(events):
-        shift_t, negative_t = _step_shifts(events.step_weights().to(counts.device))
+        shift_t, negative_t = (s.to(counts.device) for s in step_shifts(layer.coding, layer.steps))
         target = events.row * groups + torch.div(events.channel, width, rounding_mode="floor")
         shift = shift_t[events.step]
         negative = negative_t[events.step] ^ (events.polarity < 0)
