@@ -24,7 +24,7 @@ from spikelm.backends import fused_backend, get_backend
 from spikelm.config import SpikeConfig
 from spikelm.encoders import get_coder
 from spikelm.estimators import SpikeStats
-from spikelm.neurons import adaptive_threshold_spikes
+from spikelm.neurons import adaptive_threshold_spikes, dynamic_threshold
 from spikelm.quant import dequantize_weight, group_count
 
 
@@ -108,19 +108,26 @@ class SpikingLinear(nn.Module):
         self.clear_derived()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def neuron_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u [M, in], V_th [M, 1])``: the rows ``x [M, in]`` scaled by the channel divisor,
+        and their thresholds (``mean|u| / k`` per row, or the calibrated constant)."""
+        u = x.to(torch.float32) / self.input_divisor
+        if self.dynamic:
+            return u, dynamic_threshold(u, self.k)
+        return u, self.threshold.reshape(1, 1).expand(u.shape[0], 1)
+
     def spike_counts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s_int [M, in], V_th [M, 1])`` for the input rows ``x [M, in]``."""
-        u = x.to(torch.float32) / self.input_divisor
-        counts, v_th = adaptive_threshold_spikes(
+        u, v_th = self.neuron_input(x)
+        counts, _ = adaptive_threshold_spikes(
             u,
-            k=self.k,
-            threshold=self.threshold,
+            threshold=v_th,
             count_range=self.count_range,
             where=f"input of layer {self.name!r}",
             spike_cost=self.spike_cost,
             events=self._events,
         )
-        return counts, v_th.reshape(-1, 1).expand(u.shape[0], 1)
+        return counts, v_th
 
     def _events(self, counts: torch.Tensor) -> torch.Tensor:
         return get_coder(self.coding).events(counts, self.steps)

@@ -71,7 +71,7 @@ from numba import njit, prange
 
 from spikelm.backends.events import accumulator_dtype, step_shifts
 from spikelm.errors import ConfigError, CountRangeError
-from spikelm.neurons import check_finite, dynamic_threshold, exact_count_range
+from spikelm.neurons import check_finite, exact_count_range
 
 UNARY, MAGNITUDE_BITS, TWOS_COMPLEMENT = 0, 1, 2
 """How the kernel decodes a count into events (``MODES`` maps each coding to one)."""
@@ -714,19 +714,15 @@ def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [M, out], counts [M, in])``: the layer's outputs (float32, no bias) straight from its
     inputs ``x [M, in]``, and the spike counts it computed (int64).
 
-    The threshold ``V_th`` is computed as :meth:`SpikingLinear.spike_counts` does (torch), the
+    The threshold comes from :meth:`SpikingLinear.neuron_input` (torch), as for ``spike_counts``; the
     counts by :func:`_counts_of` in the same float32 operations as
     :func:`spikelm.neurons.spike_counts` (so the spikes are the same, bit for bit), and the
     rest as :func:`linear`: one call instead of a dozen tensor operations, for token-by-token
     decoding where per-call overhead dominates. NaN or inf inputs raise
     :class:`~spikelm.errors.NonFiniteError` with the message ``spike_counts`` gives.
     """
-    u = x.detach().to(torch.float32) / layer.input_divisor  # counts carry no gradient
-    if layer.dynamic:
-        v_th = dynamic_threshold(u, layer.k).reshape(-1)
-    else:
-        v_th = layer.threshold.to(torch.float32).reshape(1).expand(u.shape[0])
-    u_np, v_np = u.contiguous().numpy(), v_th.contiguous().numpy()
+    u, v_th = layer.neuron_input(x.detach())  # counts carry no gradient
+    u_np, v_np = u.contiguous().numpy(), v_th.reshape(-1).contiguous().numpy()
     counts = np.empty(u_np.shape, dtype=np.int64)
     lo, hi = exact_count_range(layer.count_range, torch.float32)
     _ensure_counts()
