@@ -27,14 +27,8 @@ PROMPT = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(1)
 NEW = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Token-by-token runs are chains of tiny ops: one intra-op thread is much faster on a busy
-    CPU (a second thread's wake-ups cost more than the ops themselves)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# token-by-token runs are chains of tiny ops: one intra-op thread is fastest on a busy CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
