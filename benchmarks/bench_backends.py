@@ -39,12 +39,13 @@ or more (``--full``); every ratio uses baselines measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +315,51 @@ def vm_hwm_mib() -> float:
     return float("nan")
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure(run: Callable[[], tuple], reps: int) -> tuple[list[float], float, tuple]:
+    """``run() -> (seconds, tokens, ...)``: one warm-up call (numba kernels per shape,
+    allocator), then ``reps`` timed ones; returns tokens/s per rep, the peak RSS (MiB) over them
+    and the last call's result."""
+    run()
+    reset = peak_rss_reset()
+    tps = []
+    for _ in range(reps):
+        last = run()
+        tps.append(last[1] / last[0])
+    return tps, (vm_hwm_mib() if reset else float("nan")), last
+
+
+def snn_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **options):
+    """The spiking model under :func:`simulate`: (seconds, forward passes, result)."""
+    result = simulate(model, prompt, new_tokens=new_tokens, progress=False, **options)
+    return result.seconds, result.tokens, result
+
+
+def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
+    """Greedy decode of the fp32 model with the stepping ``simulate`` uses (``model.step`` for a
+    HybridLM, the transformers forward with its own cache otherwise): (seconds, forward passes)."""
+    from spikelm.simulate import _stepper
+
+    stepper = _stepper(model)
+    with torch.no_grad():
+        stepper.reset()
+        start = time.perf_counter()
+        for token in prompt:
+            logits = stepper(token.view(1))
+        for _ in range(new_tokens - 1):
+            logits = stepper(logits.argmax().view(1))
+        return time.perf_counter() - start, len(prompt) + new_tokens - 1
+
+
 def decode_section(args, report: Report) -> dict:
     tokenizer = ByteTokenizer()
     calib_text, eval_text = load_demo_texts()
@@ -321,67 +367,23 @@ def decode_section(args, report: Report) -> dict:
     prompt = torch.tensor(tokenizer.encode(eval_text)[: args.prompt_tokens])
     ann = load_demo_model()
     snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False)
-    results = {}
     report(
         f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
         f"(greedy), torch threads = 1; peak = VmHWM after a reset (process-wide RSS, MiB)"
     )
-
-    def ann_run() -> tuple[float, int]:
-        with torch.no_grad():
-            state = ann.init_state(1)
-            start = time.perf_counter()
-            tokens = 0
-            for t in range(len(prompt)):
-                logits, state = ann.step(prompt[t : t + 1], state)
-                tokens += 1
-            for i in range(args.new_tokens):
-                next_id = logits.argmax(-1)
-                if i == args.new_tokens - 1:
-                    break
-                logits, state = ann.step(next_id, state)
-                tokens += 1
-            return time.perf_counter() - start, tokens
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ann_run()  # warm-up
-        rows = []
-        for name, fn in (
-            ("ANN fp32 (model.step)", ann_run),
-            *(
-                (
-                    f"spiking, simulate backend={b}",
-                    lambda b=b: (lambda r: (r.seconds, r.tokens))(
-                        simulate(
-                            snn,
-                            prompt,
-                            new_tokens=args.new_tokens,
-                            backend=b,
-                            threads=1,
-                            progress=False,
-                        )
-                    ),
-                )
-                for b in ("numba", "torch")
-            ),
-        ):
-            fn()  # warm-up (numba kernels per shape, allocator)
-            reset = peak_rss_reset()
-            seconds = []
-            for _ in range(args.decode_reps):
-                s, tokens = fn()
-                seconds.append(s)
-            peak = vm_hwm_mib() if reset else float("nan")
-            tps = [tokens / s for s in seconds]
-            rows.append((name, tokens, max(tps), statistics.median(tps), peak))
-    finally:
-        torch.set_num_threads(threads)
+    runs = {"ANN fp32 (model.step)": lambda: ann_decode(ann, prompt, args.new_tokens)}
+    for b in ("numba", "torch"):
+        runs[f"spiking, simulate backend={b}"] = lambda b=b: snn_decode(
+            snn, prompt, args.new_tokens, backend=b, threads=1
+        )
+    tokens = len(prompt) + args.new_tokens - 1
     report(f"{'run':<34} {'tokens':>6} {'tok/s best':>10} {'tok/s med':>10} {'peak MiB':>9}")
-    for name, tokens, best, med, peak in rows:
-        report(f"{name:<34} {tokens:>6} {best:>10.1f} {med:>10.1f} {peak:>9.0f}")
-        results[name] = med
+    results = {}
+    with torch_threads(1):
+        for name, run in runs.items():
+            tps, peak, _ = measure(run, args.decode_reps)
+            results[name] = statistics.median(tps)
+            report(f"{name:<34} {tokens:>6} {max(tps):>10.1f} {results[name]:>10.1f} {peak:>9.0f}")
     ann_tps = results["ANN fp32 (model.step)"]
     for name, med in results.items():
         if name.startswith("spiking"):
@@ -426,22 +428,6 @@ def wide_models() -> dict[str, nn.Module]:
     }
 
 
-def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
-    """Greedy decode of the fp32 model with the stepping ``simulate`` uses (``model.step`` for a
-    HybridLM, the transformers forward with its own cache otherwise): (seconds, forward passes)."""
-    from spikelm.simulate import _stepper
-
-    stepper = _stepper(model)
-    with torch.no_grad():
-        stepper.reset()
-        start = time.perf_counter()
-        for token in prompt:
-            logits = stepper(token.view(1))
-        for _ in range(new_tokens - 1):
-            logits = stepper(logits.argmax().view(1))
-        return time.perf_counter() - start, len(prompt) + new_tokens - 1
-
-
 def wide_decode_section(args, report: Report) -> dict:
     threads = os.cpu_count() or 1
     report(
@@ -462,30 +448,14 @@ def wide_decode_section(args, report: Report) -> dict:
         calib = [prompt.view(1, -1)]  # dynamic thresholds: calibration only checks the layers
         snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False, backend="numba")
         params = sum(p.numel() for p in ann.parameters())
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            ann_decode(ann, prompt[:4], 2)  # warm-up
-            reset = peak_rss_reset()
-            ann_tps = []
-            for _ in range(args.decode_reps):
-                seconds, tokens = ann_decode(ann, prompt, args.new_tokens)
-                ann_tps.append(tokens / seconds)
-            ann_peak = vm_hwm_mib() if reset else float("nan")
-        finally:
-            torch.set_num_threads(previous)
-
-        def snn_run(p: torch.Tensor, new: int, model: nn.Module = snn):
-            return simulate(model, p, new_tokens=new, threads=threads, progress=False)
-
-        snn_run(prompt[:4], 2)  # warm-up (numba kernels, derived weight layouts)
-        reset = peak_rss_reset()
-        snn_tps, spc = [], float("nan")
-        for _ in range(args.decode_reps):
-            result = snn_run(prompt, args.new_tokens)
-            snn_tps.append(result.tokens_per_second)
-            spc = result.stats.spikes_per_channel
-        snn_peak = vm_hwm_mib() if reset else float("nan")
+        with torch_threads(threads):
+            ann_tps, ann_peak, _ = measure(
+                lambda m=ann: ann_decode(m, prompt, args.new_tokens), args.decode_reps
+            )
+        snn_tps, snn_peak, (*_, result) = measure(
+            lambda m=snn: snn_decode(m, prompt, args.new_tokens, threads=threads), args.decode_reps
+        )
+        spc = result.stats.spikes_per_channel
         a, b = statistics.median(ann_tps), statistics.median(snn_tps)
         report(
             f"{name:<34} {params / 1e6:>6.1f}M {a:>9.1f} {b:>9.1f} {b / a:>6.2f} {spc:>6.3f} "
