@@ -610,8 +610,9 @@ def layout(layer) -> Layout:
     """The layer's :class:`Layout`, cached on it (rebuilt when its weights change).
 
     ``weight_b`` is ``W_q^T`` cut into output blocks, int8 ``[blocks, in, B]`` (B from
-    :func:`block_width` for numba's thread count then; the last block zero-padded): channel ``i``'s part of block ``b`` is contiguous, and so
-    is the whole block, so a task streams its weights sequentially, one cache line after the next.
+    :func:`block_width` for numba's thread count then; the last block zero-padded): channel
+    ``i``'s part of block ``b`` is contiguous, and so is the whole block, so a task streams its
+    weights sequentially, one cache line after the next.
     """
 
     def make(lay) -> Layout:
@@ -625,43 +626,35 @@ def layout(layer) -> Layout:
 
 
 def run(
-    counts: np.ndarray,
-    weight_b: np.ndarray,
-    out_features: int,
-    groups: int,
-    coding: str,
-    steps: int,
-    acc_dtype: torch.dtype = torch.int32,
-    scale_t: np.ndarray | None = None,
-    v_th: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(acc [M, G, out], None)``, or ``(empty, y [M, out])`` with the epilogue fused.
+    counts: np.ndarray, lay: Layout, coding: str, steps: int, v_th: np.ndarray | None = None
+) -> np.ndarray:
+    """The accumulators ``[M, G, out]``, or with thresholds ``v_th`` (float64 ``[M]``) the
+    outputs ``y [M, out]`` (float32): the epilogue is then fused, each task turning its
+    accumulators into outputs as it merges them, and no accumulator array is written.
 
-    numpy in, numpy out: int64 counts ``[M, in]``, the int8 weights as
-    :func:`layout` lays them out. With ``scale_t``
-    (float64 ``[G, out]``) and ``v_th`` (float64 ``[M]``) the epilogue is fused: each task turns
-    its accumulators into float32 outputs as it merges them, and no ``acc`` array is written. The counts must lie in the coding's range and ``acc_dtype`` must hold the sums (the
-    layer entry points check both).
+    numpy in, numpy out: int64 counts ``[M, in]`` and the layer's :class:`Layout`. The counts
+    must lie in the coding's range (the layer entry points check it).
     """
     rows, in_features = counts.shape
+    groups, out_features = lay.groups, lay.out_features
     width = in_features // groups
-    np_dtype = np.int32 if acc_dtype == torch.int32 else np.int64
-    fused = scale_t is not None and v_th is not None
+    np_dtype = np.int32 if lay.acc_dtype == torch.int32 else np.int64
+    fused = v_th is not None
     acc = np.empty((0 if fused else rows, groups, out_features), dtype=np_dtype)
     y = np.empty((rows if fused else 0, out_features), dtype=np.float32)
     if not fused:
-        scale_t, v_th = np.zeros((groups, out_features)), np.zeros(0)
+        v_th = np.zeros(0)
     if rows == 0 or out_features == 0:
-        return acc, (y if fused else None)
+        return y if fused else acc
     shift_t, negative_t = step_shifts(coding, steps)
     shifts, negative = shift_t.numpy(), negative_t.numpy()
     work = int(np.count_nonzero(counts)) * out_features
     # (asking for the thread count starts numba's pool: small problems never ask)
     parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
-    key = (min(rows, 64).bit_length(), in_features, out_features, groups, acc_dtype)
+    key = (min(rows, 64).bit_length(), in_features, out_features, groups, lay.acc_dtype)
     if parallel and PARALLEL == "auto":
         parallel = _chooser.pick(key)
-    _ensure(parallel, acc_dtype)
+    _ensure(parallel, lay.acc_dtype)
     order = np.empty((rows, in_features), dtype=np.int32)
     kind = np.empty((rows, in_features), dtype=np.int16)
     steps_of = np.empty((rows, in_features, 3), dtype=np.int8)
@@ -669,12 +662,12 @@ def run(
     kernel = _run_parallel if parallel else _run_serial
     start = time.perf_counter()
     kernel(
-        counts, weight_b, width, MODES[coding], shifts, negative,
-        order, kind, steps_of, active, acc, scale_t, v_th, y,
+        counts, lay.weight_b, width, MODES[coding], shifts, negative,
+        order, kind, steps_of, active, acc, lay.scale_t, v_th, y,
     )  # fmt: skip
     if PARALLEL == "auto" and work >= PARALLEL_MIN_WORK:
         _chooser.record(key, parallel, time.perf_counter() - start)
-    return acc, (y if fused else None)
+    return y if fused else acc
 
 
 def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
@@ -703,19 +696,15 @@ def _check_counts(layer, counts: torch.Tensor) -> np.ndarray:
 def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     """The layer's exact accumulators ``[M, G, out]`` (int32 or int64) for counts ``[M, in]``."""
     array = _check_counts(layer, counts)
-    lay = layout(layer)
-    acc, _ = run(
-        array, lay.weight_b, lay.out_features, lay.groups, layer.coding, layer.steps, lay.acc_dtype
-    )
-    return torch.from_numpy(acc)
+    return torch.from_numpy(run(array, layout(layer), layer.coding, layer.steps))
 
 
 def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [M, out], counts [M, in])``: the layer's outputs (float32, no bias) straight from its
     inputs ``x [M, in]``, and the spike counts it computed (int64).
 
-    The threshold comes from :meth:`SpikingLinear.neuron_input` (torch), as for ``spike_counts``; the
-    counts by :func:`_counts_of` in the same float32 operations as
+    The threshold comes from :meth:`SpikingLinear.neuron_input` (torch), as for
+    ``spike_counts``; the counts from :func:`_counts_of`, in the same float32 operations as
     :func:`spikelm.neurons.spike_counts` (so the spikes are the same, bit for bit), and the
     rest as :func:`linear`: one call instead of a dozen tensor operations, for token-by-token
     decoding where per-call overhead dominates. NaN or inf inputs raise
@@ -728,7 +717,7 @@ def spiking_linear(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _ensure_counts()
     if _counts_of(u_np, v_np, lo, hi, counts):
         check_finite(u, f"input of layer {layer.name!r}")
-    y = _outputs(layer, counts, v_np.astype(np.float64))
+    y = run(counts, layout(layer), layer.coding, layer.steps, v_np.astype(np.float64))
     return torch.from_numpy(y), torch.from_numpy(counts)
 
 
@@ -743,16 +732,7 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     v = v_th.detach().reshape(-1).to(torch.float64).contiguous().numpy()
     if v.shape[0] != array.shape[0]:
         v = np.ascontiguousarray(np.broadcast_to(v, (array.shape[0],)))
-    return torch.from_numpy(_outputs(layer, array, v))
-
-
-def _outputs(layer, counts: np.ndarray, v_th: np.ndarray) -> np.ndarray:
-    lay = layout(layer)
-    _, y = run(
-        counts, lay.weight_b, lay.out_features, lay.groups, layer.coding, layer.steps,
-        lay.acc_dtype, lay.scale_t, v_th,
-    )  # fmt: skip
-    return y
+    return torch.from_numpy(run(array, layout(layer), layer.coding, layer.steps, v))
 
 
 __all__ = [
