@@ -180,10 +180,10 @@ def _calibration_kwargs(model: nn.Module, *, all_logits: bool = False) -> dict[s
     kwargs: dict[str, Any] = {}
     if "use_cache" in accepted:
         kwargs["use_cache"] = False
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    observed = {id(model.get_submodule(name)) for name in _attach(model)}
     if all_logits:
         return kwargs
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    observed = {id(model.get_submodule(name)) for name in _attach(model)}
     if "logits_to_keep" in accepted and head is not None and id(head) not in observed:
         kwargs["logits_to_keep"] = 1
     return kwargs
