@@ -60,9 +60,9 @@ from spikelm.backends import get_backend  # noqa: E402
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.convert import spiking, spiking_layer  # noqa: E402
 from spikelm.encoders import get_coder  # noqa: E402
-from spikelm.estimators import summarize  # noqa: E402
+from spikelm.estimators import SpikeStats, summarize  # noqa: E402
 from spikelm.fidelity import token_batches  # noqa: E402
-from spikelm.layers import SpikingLinear, collect_stats  # noqa: E402
+from spikelm.layers import SpikingLinear, probed, spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
 
@@ -144,18 +144,19 @@ def demo_counts(config: SpikeConfig, eval_windows: int) -> tuple[torch.Tensor, o
     evaluation = token_batches(torch.tensor(tokenizer.encode(eval_text)), 256, 4, eval_windows)
     snn = spiking(load_demo_model(), config, calib, progress=False)
     pool: list[torch.Tensor] = []
+    layers = spiking_layers(snn)
+    stats = {name: SpikeStats(steps=layer.steps) for name, layer in layers.items()}
 
-    def record(layer: SpikingLinear, counts: torch.Tensor) -> None:
-        pool.append(counts.detach().to(torch.int16).flatten())
+    def probe(name: str) -> Callable[[SpikingLinear, torch.Tensor], None]:
+        def record(layer: SpikingLinear, counts: torch.Tensor) -> None:
+            pool.append(counts.detach().to(torch.int16).flatten())
+            stats[name].update(counts, get_coder(layer.coding))
 
-    layers = [m for m in snn.modules() if isinstance(m, SpikingLinear)]
-    for layer in layers:
-        layer.recorder = record
-    with torch.no_grad(), collect_stats(snn) as stats:
+        return record
+
+    with torch.no_grad(), probed(layers, {name: probe(name) for name in layers}):
         for batch in evaluation:
             snn(batch)
-    for layer in layers:
-        layer.recorder = None
     return torch.cat(pool), summarize(stats.values())
 
 

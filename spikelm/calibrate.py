@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from spikelm.adapters import adapter_for
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
+from spikelm.loss import next_token_nll
 from spikelm.neurons import check_finite
 
 FISHER_FLOOR_QUANTILE = 0.01  # channels below this quantile of a layer's Fisher are lifted to it
@@ -161,32 +162,18 @@ def _default_run(model: nn.Module, batch: Any) -> None:
 def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross-entropy of token ids ``[B, L]``: the loss whose Fisher
     ``fisher_power`` uses (models returning logits or an object with ``.logits``)."""
-    out = model(batch, **_calibration_kwargs(model, all_logits=True))
-    logits = out.logits if hasattr(out, "logits") else out
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
-    )
+    logits = adapter_for(model).logits(model, batch, **_calibration_kwargs(model, all_logits=True))
+    return next_token_nll(logits, batch)
 
 
 def _calibration_kwargs(model: nn.Module, *, all_logits: bool = False) -> dict[str, Any]:
-    """For transformers causal LMs: no KV cache, and only the last position's logits unless the
-    output projection itself is calibrated or a loss needs them all (``[B, L, vocab]`` float
-    logits are often the largest tensor of a calibration forward)."""
-    if not type(model).__module__.startswith("transformers."):
-        return {}
-    import inspect
-
-    accepted = inspect.signature(model.forward).parameters
-    kwargs: dict[str, Any] = {}
-    if "use_cache" in accepted:
-        kwargs["use_cache"] = False
-    if all_logits:
-        return kwargs
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    """The family's calibration keywords; every position's logits when a loss needs them or the
+    output head itself is calibrated."""
+    adapter = adapter_for(model)
+    head = adapter.output_head(model)
     observed = {id(model.get_submodule(name)) for name in _attach(model)}
-    if "logits_to_keep" in accepted and head is not None and id(head) not in observed:
-        kwargs["logits_to_keep"] = 1
-    return kwargs
+    all_logits = all_logits or (head is not None and id(head) in observed)
+    return adapter.calibration_kwargs(model, all_logits=all_logits)
 
 
 def calibrate(

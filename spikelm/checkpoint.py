@@ -19,27 +19,18 @@ from typing import Any
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from spikelm.adapters import MODULE, Adapter, adapter_for, adapter_for_source
 from spikelm.backends import get_backend
 from spikelm.config import SpikeConfig
-from spikelm.convert import _set_submodule, spiking_layers
+from spikelm.convert import _set_submodule
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
 from spikelm.fileio import atomic_directory, check_safetensors_file
-from spikelm.layers import SpikingLinear
+from spikelm.layers import SpikingLinear, spiking_layers
 
 FORMAT = "spikelm.checkpoint"
 VERSION = 1
 MANIFEST = "spikelm.json"
 WEIGHTS = "model.safetensors"
-
-
-def _source_kind(model: nn.Module) -> str:
-    from spikelm.models import HybridLM
-
-    if isinstance(model, HybridLM):
-        return "spikelm_hybrid"
-    if type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
-        return "transformers"
-    return "module"
 
 
 def save(
@@ -54,11 +45,11 @@ def save(
     layers = spiking_layers(model)
     if config is None or not layers:
         raise ConfigError("save() needs a model converted by spikelm (no SpikingLinear found)")
-    kind = _source_kind(model)
+    adapter = adapter_for(model)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "source": kind,
+        "source": adapter.checkpoint_source,
         "spike_config": config.to_dict(),
         "layers": {
             name: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
@@ -69,10 +60,7 @@ def save(
     target = Path(directory)
     try:
         with atomic_directory(target) as staging:
-            if kind == "transformers":
-                model.config.save_pretrained(staging)
-            elif kind == "spikelm_hybrid":
-                (staging / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+            adapter.save_config(model, staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})
             if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
@@ -104,19 +92,18 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def _skeleton(path: Path, kind: str) -> tuple[nn.Module, Any]:
-    if kind == "spikelm_hybrid":
-        from spikelm.models import ByteTokenizer, HybridConfig, HybridLM
-
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        return HybridLM(HybridConfig.from_dict(data)), ByteTokenizer()
-    if kind == "transformers":
-        from spikelm.hf import load_tokenizer, model_from_config
-
-        return model_from_config(path), load_tokenizer(path)
-    raise ConfigError(
-        f"{path}: the checkpoint holds a plain nn.Module; pass the architecture: load(dir, model=...)"
-    )
+def _adapter(path: Path, source: object) -> Adapter:
+    """The adapter of a checkpoint: its manifest's ``source`` and ``config.json``'s model_type."""
+    config_file = path / "config.json"
+    model_type = None
+    if config_file.is_file():
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            raise CheckpointError(f"{config_file}: unreadable model config ({error})") from error
+    elif source != MODULE.checkpoint_source:
+        raise CheckpointError(f"{path}: no config.json: the model's architecture is unknown")
+    return adapter_for_source(source, model_type, str(path))
 
 
 def load(
@@ -141,7 +128,7 @@ def load(
     check_safetensors_file(weights)  # truncated / corrupt: one line naming the file
     tokenizer = None
     if model is None:
-        model, tokenizer = _skeleton(path, manifest["source"])
+        model, tokenizer = _adapter(path, manifest.get("source")).skeleton(path)
     for name, shape in manifest["layers"].items():
         try:
             model.get_submodule(name)
@@ -165,6 +152,7 @@ def load(
         )
     model._spikelm_config = config
     model.eval()
+    adapter_for(model).converted(model)
     return (model, tokenizer) if with_tokenizer else model
 
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from spikelm import __version__
@@ -50,6 +51,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_raster(args: argparse.Namespace) -> int:
+    from spikelm.errors import require_extra
+
+    require_extra("plot", "matplotlib", "spikelm raster")
     from spikelm.plot import raster
     from spikelm.spikes import SpikeReader
 
@@ -166,7 +170,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from spikelm.simulate import backend_names, simulate_checkpoint
+    from spikelm.simulate import backend_names
+    from spikelm.workflow import simulate_checkpoint
 
     backend = args.backend or ("auto" if "auto" in backend_names() else None)
     run = simulate_checkpoint(
@@ -184,7 +189,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     result, stats = run.result, run.result.stats
     print(
         f"simulated {result.tokens} tokens ({result.input_tokens} input, "
-        f"{len(result.generated)} generated) token by token ({result.stepping}), "
+        f"{len(result.generated)} generated) token by token ({result.family} state), "
         f"backend {result.backend}, device {result.device}"
     )
     print(
@@ -331,21 +336,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _transformers_warnings(shown: bool) -> Iterator[None]:
-    """Hide transformers' warnings (e.g. an optional fast kernel not installed) unless ``shown``.
+def _library_warnings(shown: bool) -> Iterator[None]:
+    """Hide the libraries' warnings unless ``shown`` (``--debug``): transformers' log warnings
+    (e.g. an optional fast kernel not installed) and Python's deprecation warnings (e.g.
+    transformers' renamed keywords), which are for spikelm's developers, not its users.
 
-    Through its environment variable, which transformers reads when first imported (the commands
-    import it lazily); restored afterwards, so a caller of :func:`main` keeps its environment.
+    transformers' through its environment variable, which it reads when first imported (the
+    commands import it lazily); both are restored afterwards, so a caller of :func:`main` keeps
+    its environment and warning filters.
     """
     key = "TRANSFORMERS_VERBOSITY"
     previous = os.environ.get(key)
-    if not shown and previous is None:
-        os.environ[key] = "error"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
+    with warnings.catch_warnings():
+        if not shown:
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if previous is None:
+                os.environ[key] = "error"
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(key, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with _transformers_warnings(shown=args.debug):
+        with _library_warnings(shown=args.debug):
             return handler(args)
     except KeyboardInterrupt:
         print("spikelm: interrupted", file=sys.stderr)

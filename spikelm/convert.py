@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikelm.adapters import adapter_for
 from spikelm.calibrate import (
     calibrate,
     channel_divisor,
@@ -36,13 +37,12 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` layers ``config`` converts, by qualified name, in module order."""
+    """The ``nn.Linear`` layers ``config`` converts, by qualified name, in module order: the
+    family's adapter proposes them, the config's ``include`` and ``keep_dense`` patterns filter."""
     return {
         name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and _matches(name, config.include)
-        and not _matches(name, config.keep_dense)
+        for name, module in adapter_for(model).linear_layers(model).items()
+        if _matches(name, config.include) and not _matches(name, config.keep_dense)
     }
 
 
@@ -103,6 +103,7 @@ def convert(model: nn.Module, *, backend: str = "torch") -> nn.Module:
         layer = spiking_layer(linear, config, name, observer, backend, fisher_level=level)
         _set_submodule(model, name, layer)
         del linear, layer
+    adapter_for(model).converted(model)
     return model
 
 
@@ -132,11 +133,6 @@ def spiking(
         detach_observers(model)
         raise
     return convert(model, backend=backend)
-
-
-def spiking_layers(model: nn.Module) -> dict[str, SpikingLinear]:
-    """Every ``SpikingLinear`` of ``model`` by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
 
 
 @torch.no_grad()

@@ -43,5 +43,19 @@ class CheckpointError(SpikelmError, OSError):
 class UnsupportedModelError(SpikelmError, ValueError):
     """A checkpoint's ``model_type`` is not a supported family; the message lists the supported ones.
 
-    The list is ``spikelm.hf.SUPPORTED_MODEL_TYPES``.
+    The list comes from the adapters (``spikelm.adapters``).
     """
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require_extra(extra: str, module: str, what: str) -> None:
+    """Raise :class:`MissingExtraError` unless ``module`` imports: ``what`` needs the ``extra``."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(
+            f'{what} needs the optional package {module!r}: pip install "spikelm[{extra}]"'
+        )

@@ -20,6 +20,7 @@ from torch import nn
 
 from spikelm.estimators import SpikeStats, summarize
 from spikelm.layers import SpikingLinear, collect_stats
+from spikelm.loss import next_token_nll
 
 
 def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -71,14 +72,15 @@ def compare(
             if any(isinstance(m, SpikingLinear) for m in model.modules()):
                 stats[name] = stack.enter_context(collect_stats(model))
         for batch in batches:
-            targets = batch[:, 1:].flatten()
-            ann = logits_of(reference, batch)[:, :-1].flatten(0, 1)
+            ann_logits = logits_of(reference, batch)
+            ann = ann_logits[:, :-1].flatten(0, 1)
             for name, model in models.items():
-                z = ann if model is reference else logits_of(model, batch)[:, :-1].flatten(0, 1)
-                nll[name] += F.cross_entropy(z, targets, reduction="sum").item()
+                logits = ann_logits if model is reference else logits_of(model, batch)
+                z = logits[:, :-1].flatten(0, 1)
+                nll[name] += next_token_nll(logits, batch).item()
                 agree[name] += (z.argmax(-1) == ann.argmax(-1)).sum().item()
                 cosine[name] += F.cosine_similarity(z, ann, dim=-1).sum().item()
-            predicted += targets.numel()
+            predicted += batch[:, 1:].numel()
     if predicted == 0:
         raise ValueError("no complete evaluation window: give more evaluation tokens")
     return [

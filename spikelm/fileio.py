@@ -1,8 +1,9 @@
 """File plumbing shared by the package: atomic writes and safetensors validation.
 
-Atomic writes build output beside its target, then rename it into place in one step. An
-interrupted or failed write leaves the target as it was (absent, or the old version) and no
-partial file that looks complete; temporaries are named ``.<name>.partial-*`` and removed.
+Atomic writes build output beside its target, then rename it into place in one step (a directory
+merged into an existing one: one step per file). An interrupted or failed write leaves the target
+as it was (absent, or the old version) and no partial file that looks complete; temporaries are
+named ``.<name>.partial-*`` and removed.
 
 :func:`check_safetensors_file` validates a safetensors file before anything loads it, so that a
 truncated or corrupt file ends in one line naming the file and the problem. This module imports
@@ -18,7 +19,7 @@ import secrets
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from safetensors import safe_open
@@ -29,8 +30,26 @@ _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` (a directory) when the block succeeds."""
+def atomic_directory(
+    path: str | os.PathLike[str],
+    *,
+    merge: Sequence[str] | None = None,
+    file_mode: int | None = None,
+    dir_mode: int | None = None,
+) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``, published as ``path`` if the block succeeds.
+
+    By default the staging directory replaces ``path`` as a whole: an existing directory is renamed
+    aside, the staging directory renamed into place, and the old one deleted.
+
+    With ``merge`` (the names of the files the block writes, and only those), an existing ``path``
+    is kept: each named file is moved into it by its own ``os.replace``, in the given order, and
+    every other file in ``path`` stays. Each file is then replaced atomically, the set of them is
+    not. A new ``path`` is still created by one rename of the staging directory.
+
+    ``file_mode`` / ``dir_mode`` are given to the staged files / the staging directory and its
+    subdirectories before publishing (``mkdtemp`` and some writers create them owner-only).
+    """
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise SpikelmError(f"{target}: exists and is not a directory")
@@ -38,7 +57,17 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield staging
-        if target.exists():
+        if merge is not None and sorted(os.listdir(staging)) != sorted(merge):
+            raise ValueError(
+                f"atomic_directory: the block staged {sorted(os.listdir(staging))}, "
+                f"not the merge names {list(merge)}"
+            )
+        if file_mode is not None or dir_mode is not None:
+            _set_modes(staging, file_mode, dir_mode)
+        if merge is not None and target.is_dir():
+            for name in merge:
+                os.replace(staging / name, target / name)
+        elif target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, retired / target.name)
             os.replace(staging, target)
@@ -48,6 +77,16 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _set_modes(directory: Path, file_mode: int | None, dir_mode: int | None) -> None:
+    """chmod ``directory``, its subdirectories and its files (a ``None`` mode is left alone)."""
+    for root, _, files in os.walk(directory):
+        if dir_mode is not None:
+            os.chmod(root, dir_mode)
+        if file_mode is not None:
+            for name in files:
+                os.chmod(os.path.join(root, name), file_mode)
 
 
 def partial_path(path: Path) -> Path:

@@ -2,9 +2,9 @@
 
 ``import spikelm`` never imports this module (it pulls in transformers); ``import spikelm.hf`` does.
 
-Supported families are listed in :data:`SUPPORTED_MODEL_TYPES`; each was checked on CPU with the
-pure-PyTorch fallbacks (no mamba_ssm, causal_conv1d or flash-linear-attention needed). See
-``docs/hf-architectures.md`` for which projections of each family are ``nn.Linear``.
+Supported families are the ``transformers`` adapters of :mod:`spikelm.adapters`
+(:func:`supported_model_types`); each was checked on CPU with the pure-PyTorch fallbacks (no
+optional fast-kernel packages needed). See ``docs/hf-architectures.md``.
 
 A local checkpoint directory is validated before transformers touches it, so that a wrong path, a
 truncated or corrupt safetensors file, an unsupported ``model_type`` or a config that does not
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -38,19 +37,9 @@ from transformers import (
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from spikelm.adapters import adapter_for, transformers_model_types
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError
 from spikelm.fileio import check_safetensors_file, one_line
-
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
-    "llama",
-    "qwen2",
-    "qwen3_next",
-    "minimax",
-    "rwkv",
-    "mamba2",
-    "recurrent_gemma",
-)
-"""``model_type`` values of the families verified to load, run and generate on CPU."""
 
 SINGLE_WEIGHTS = "model.safetensors"
 SHARDED_INDEX = "model.safetensors.index.json"
@@ -74,8 +63,9 @@ def load_causal_lm(
 
     A local directory is validated first (``config.json``, supported ``model_type``, every
     safetensors file complete with a parseable header). The model comes back in eval mode with
-    its inference-time weights in place (RWKV rescales some weights on its first eval forward;
-    that is done here, so :func:`linear_modules` sees the weights the forward pass uses).
+    its inference-time weights in place (the family adapter's ``loaded`` fix-ups, e.g. a rescaling
+    some families do on their first eval forward, run here, so converters see the weights the
+    forward pass uses).
 
     Returns ``(model, tokenizer)``; ``tokenizer`` is ``None`` when the checkpoint has none.
     Raises :class:`CheckpointError` or :class:`UnsupportedModelError`.
@@ -104,7 +94,7 @@ def load_causal_lm(
     _check_loading_info(info, location)  # its one line says what the held report would
     _replay(held)
     model.eval()
-    _apply_inference_rescaling(model)
+    adapter_for(model).loaded(model)
     return model, load_tokenizer(location, trust_remote_code=trust_remote_code)
 
 
@@ -140,7 +130,7 @@ def model_from_config(
     """A randomly initialized causal LM built from ``path/config.json`` (no weights are read).
 
     The skeleton into which a saved state dict of a :func:`load_causal_lm` model is loaded: eval
-    mode and the same inference-time state (RWKV's rescaling already marked as applied, so the
+    mode and the same inference-time state (the family adapter's ``loaded`` fix-ups applied, so the
     first forward does not rescale the loaded weights again).
     """
     path = Path(path)
@@ -150,7 +140,7 @@ def model_from_config(
         config, dtype=dtype, trust_remote_code=trust_remote_code
     )
     model.eval()
-    _apply_inference_rescaling(model)
+    adapter_for(model).loaded(model)
     return model
 
 
@@ -179,12 +169,17 @@ def load_tokenizer(
 
 
 def check_model_type(model_type: str, where: str) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``model_type`` is supported."""
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    """Raise :class:`UnsupportedModelError` unless a ``transformers`` adapter knows ``model_type``."""
+    if model_type not in supported_model_types():
         raise UnsupportedModelError(
             f"{where}: model_type {model_type!r} is not supported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"supported: {', '.join(supported_model_types())}"
         )
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """``model_type`` values of the families with a ``transformers`` adapter."""
+    return transformers_model_types()
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -208,22 +203,6 @@ def weight_files(path: Path) -> list[Path]:
         if not shard.is_file():
             raise CheckpointError(f"{shard}: weight shard listed in {SHARDED_INDEX} is missing")
     return files
-
-
-def linear_modules(model: nn.Module, *, include_head: bool = False) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of ``model`` by qualified name, in module order: what a converter spikes.
-
-    The output projection (``lm_head``, RWKV's ``head``: the model's output embeddings) is left
-    out unless ``include_head``, since it stays floating point in the spiking scheme. Projections
-    that are not ``nn.Linear`` (fused MoE expert tensors, ``nn.Conv1d``, RG-LRU gate parameters)
-    never appear; see ``docs/hf-architectures.md``.
-    """
-    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and (include_head or module is not head)
-    }
 
 
 def load_token_ids(path: str | Path, *, vocab_size: int | None = None) -> list[torch.Tensor]:
@@ -308,19 +287,6 @@ def _load_config(location: str, trust_remote_code: bool) -> PretrainedConfig:
         return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, StrictDataclassError) as exc:
         raise CheckpointError(f"{location}: cannot load config: {one_line(exc)}") from exc
-
-
-def _apply_inference_rescaling(model: PreTrainedModel) -> None:
-    """Put RWKV's output/value weights in their inference scale now, not on the first forward.
-
-    In eval mode ``RwkvModel`` divides ``attention.output`` and ``feed_forward.value`` weights of
-    block ``i`` by ``2 ** (i // rescale_every)`` in place, on its first forward. Doing it at load
-    time means converters see (and replace) the weights that are actually used.
-    """
-    base = getattr(model, model.base_model_prefix, None)
-    rescale = getattr(base, "_rescale_layers", None)
-    if callable(rescale):
-        rescale()
 
 
 class _RecordHolder(logging.Handler):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,8 +55,8 @@ class SpikingLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._derived: dict[str, tuple[tuple, torch.Tensor]] = {}
         self.name = name
-        self.stats: SpikeStats | None = None
-        self.recorder = None  # recorder(layer, counts) on every forward; see spikelm.simulate
+        self.probe: Probe | None = None
+        """``probe(layer, counts)`` on every forward: statistics, recording (see :func:`probed`)."""
 
     def _weights_token(self) -> tuple:
         """What the derived tensors depend on: device, storage and version of the weight buffers."""
@@ -137,15 +136,13 @@ class SpikingLinear(nn.Module):
         fused = None if self.spike_cost else fused_backend(self.backend, rows)
         if fused is not None:  # counts computed inside the backend: one call
             y, counts = fused(self, rows)
-            if self.stats is not None or self.recorder is not None:
+            if self.probe is not None:
                 counts = counts.to(torch.float32)  # as spike_counts gives them
         else:
             counts, v_th = self.spike_counts(rows)
             y = get_backend(self.backend)(self, counts, v_th)
-        if self.stats is not None:
-            self.stats.update(counts, get_coder(self.coding))
-        if self.recorder is not None:
-            self.recorder(self, counts)
+        if self.probe is not None:
+            self.probe(self, counts)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -159,22 +156,38 @@ class SpikingLinear(nn.Module):
         )
 
 
+Probe = Callable[[SpikingLinear, torch.Tensor], None]
+"""Called with a layer and the spike counts ``[M, in]`` it computed in a forward."""
+
+
+def spiking_layers(model: nn.Module) -> dict[str, SpikingLinear]:
+    """Every ``SpikingLinear`` of ``model`` by qualified name, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+
+
 @contextlib.contextmanager
-def attached(
-    layers: dict[str, SpikingLinear], attribute: str, objects: dict[str, Any]
-) -> Iterator[dict[str, Any]]:
-    """Set ``layer.<attribute> = objects[name]`` on each layer for the block, then ``None``."""
+def probed(
+    layers: dict[str, SpikingLinear], probes: dict[str, Probe]
+) -> Iterator[dict[str, Probe]]:
+    """Attach ``probes[name]`` to each layer for the block, then detach them."""
     for name, layer in layers.items():
-        setattr(layer, attribute, objects[name])
+        layer.probe = probes[name]
     try:
-        yield objects
+        yield probes
     finally:
         for layer in layers.values():
-            setattr(layer, attribute, None)
+            layer.probe = None
 
 
-def collect_stats(model: nn.Module) -> contextlib.AbstractContextManager[dict[str, SpikeStats]]:
-    """Record firing statistics of every ``SpikingLinear`` in ``model`` while the block runs."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+@contextlib.contextmanager
+def collect_stats(model: nn.Module) -> Iterator[dict[str, SpikeStats]]:
+    """Firing statistics of every ``SpikingLinear`` in ``model`` while the block runs."""
+    layers = spiking_layers(model)
     stats = {name: SpikeStats(steps=layer.steps) for name, layer in layers.items()}
-    return attached(layers, "stats", stats)
+    probes = {name: _stats_probe(stats[name]) for name in layers}
+    with probed(layers, probes):
+        yield stats
+
+
+def _stats_probe(stats: SpikeStats) -> Probe:
+    return lambda layer, counts: stats.update(counts, get_coder(layer.coding))

@@ -1,27 +1,16 @@
 """Whole-model simulation: a converted model run token by token, its spikes counted and recorded.
 
 :func:`simulate` feeds a sequence of token ids through a spiking model one token at a time, as a
-deployment would (constant work per token, with the model's recurrent state or cache), then
-optionally generates new tokens greedily. Every ``SpikingLinear`` is probed while it runs: its
-firing statistics are accumulated per layer, and the spike trains of the chosen layers are
-encoded with the layer's own coder and streamed to an HDF5 recording (:class:`SpikeWriter`) in
-blocks of a few tokens, so memory stays flat however long the input is.
+deployment would (constant work per token), with the recurrent state as explicit named tensors
+that the model family's adapter steps (``spikelm.adapters``), then optionally generates new
+tokens greedily. Every ``SpikingLinear`` is probed while it runs: its firing statistics are
+accumulated per layer, and the spike trains of the chosen layers are encoded with the layer's own
+coder and streamed to an HDF5 recording (:class:`SpikeWriter`) in blocks of a few tokens, so
+memory stays flat however long the input is.
 
-How each model is stepped (``SimulationResult.stepping``):
-
-- ``recurrent``: :class:`~spikelm.models.HybridLM` through ``init_state`` / ``step``.
-- ``cache``: a ``transformers`` causal LM called on one token at a time with the cache its forward
-  returns. Checked for every family of ``spikelm.hf.SUPPORTED_MODEL_TYPES``:
-  ``llama``, ``qwen2``, ``qwen3_next`` (``past_key_values``: a ``DynamicCache`` holding the
-  gated-delta-net conv/recurrent states too), ``minimax`` (``MiniMaxCache``), ``mamba2``
-  (``cache_params`` in and out), ``rwkv`` (``state`` in and out) and ``recurrent_gemma``, whose
-  forward returns no cache: its RG-LRU and conv states live inside the model and are reset here
-  with ``_setup_cache``, its sliding-window key/value cache is a ``DynamicCache`` created here, and
-  positions are passed explicitly. Logits match the parallel forward to float rounding.
-- ``prefix``: the fallback for a model whose forward returns no cache (and that is not
-  recurrent_gemma): each step recomputes the whole prefix (quadratic work), and only the last
-  row of each layer's input is counted and recorded, so statistics and recordings mean the same
-  thing as in the other modes.
+Never stateless by accident: the step logits of the first :data:`CHECK_TOKENS` input tokens are
+held to the parallel forward's (:data:`CHECK_TOLERANCE`) before anything is generated or
+recorded; a family whose stepping loses its state stops with a one-line error.
 
 One recorded token is one row of a layer's input. A layer that is not called during a token
 (e.g. an unrouted expert) records a silent token, so every recorded layer has one entry per token
@@ -33,7 +22,6 @@ Nothing here prints; the CLI (``spikelm simulate``) formats the :class:`Simulati
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -45,12 +33,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikelm.adapters import Adapter, adapter_for
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
-from spikelm.layers import SpikingLinear, attached
+from spikelm.layers import SpikingLinear, probed, spiking_layers
 
 NO_GPU_MESSAGE = "CUDA requested but no GPU is available (torch.cuda.is_available() is False)"
+CHECK_TOKENS = 16
+"""Input tokens whose step logits are held to the parallel forward's before a simulation."""
+CHECK_TOLERANCE = 1e-3
+"""Largest step-vs-parallel logit deviation allowed, relative to the largest logit magnitude."""
 FLUSH_TOKENS = 64
 """Tokens of counts a recorded layer buffers before encoding them and appending to the file."""
 
@@ -75,7 +68,7 @@ class SimulationResult:
     layer_stats: dict[str, SpikeStats]
     backend: str
     device: str
-    stepping: str
+    family: str
     record: Path | None = None
     recorded_layers: tuple[str, ...] = ()
     compile_seconds: float = 0.0
@@ -95,9 +88,9 @@ class SimulationResult:
 
 def backend_names() -> tuple[str, ...]:
     """Every backend name ``SpikingLinear.backend`` accepts (``auto`` included when available)."""
-    from spikelm import backends
+    from spikelm.backends import NAMES
 
-    return tuple(getattr(backends, "NAMES", backends.BACKENDS))
+    return NAMES
 
 
 def check_backend(name: str, device: str | torch.device = "cpu") -> None:
@@ -108,10 +101,7 @@ def check_backend(name: str, device: str | torch.device = "cpu") -> None:
     if not isinstance(name, str) or name not in names:
         raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(names)}")
     try:
-        if len(inspect.signature(backends.get_backend).parameters) >= 2:
-            backends.get_backend(name, torch.device(device))  # also checks the device
-        else:
-            backends.get_backend(name)
+        backends.get_backend(name, torch.device(device))  # also checks the device
     except ImportError as error:
         raise ConfigError(f"backend {name!r} is not available here: {error}") from error
 
@@ -183,7 +173,6 @@ class _LayerProbe:
         self.n_neurons = layer.in_features
         self.stats = SpikeStats(steps=layer.steps)
         self.record = record
-        self.last_row_only = False
         self.rows: list[torch.Tensor] = []  # every counted row since the last flush
         self.current: torch.Tensor | None = None  # the recorded row of the token in progress
         self.pending: list[torch.Tensor] = []  # recorded rows of finished tokens
@@ -191,8 +180,6 @@ class _LayerProbe:
 
     def __call__(self, layer: SpikingLinear, counts: torch.Tensor) -> None:
         counts = counts.detach()
-        if self.last_row_only:
-            counts = counts[-1:].clone()  # not a view that keeps the whole prefix alive
         if counts.shape[0]:
             self.rows.append(counts)
             self.current = counts[-1:]
@@ -218,88 +205,39 @@ class _LayerProbe:
         self.rows, self.pending, self.tokens = [], [], 0
 
 
-def _probes(layers: dict[str, SpikingLinear], recorded: Collection[str]):
-    probes = {name: _LayerProbe(name, layer, name in recorded) for name, layer in layers.items()}
-    return attached(layers, "recorder", probes)
+# --- the stepping check -------------------------------------------------------------------------
 
 
-# --- steppers: one token in, next-token logits out ---------------------------------------------
+def check_stepping(adapter: Adapter, model: nn.Module, ids: torch.Tensor, tokens: int = 0) -> float:
+    """Hold the step logits of ``ids[:CHECK_TOKENS]`` to the parallel forward's; returns the
+    largest deviation relative to the logits' scale. A deviation over :data:`CHECK_TOLERANCE`
+    (a family whose stepping lost its state, or a forward that ignored the cache) raises
+    :class:`ConfigError` naming the family and the transformers version."""
+    ids = ids[: tokens or CHECK_TOKENS]
+    with torch.no_grad():
+        parallel = adapter.logits(model, ids[None])[0].float()
+        state = adapter.init_state(model, 1)
+        stepped = []
+        for t in range(len(ids)):
+            logits, state = adapter.step(model, ids[t : t + 1], state)
+            stepped.append(logits[0].float())
+    deviation = float((torch.stack(stepped) - parallel).abs().max())
+    relative = deviation / max(float(parallel.abs().max()), 1e-6)
+    if not relative <= CHECK_TOLERANCE:
+        raise ConfigError(
+            f"{adapter.name}: stepping one token at a time does not reproduce the parallel "
+            f"forward ({relative:.2g} of the logits' scale over {len(ids)} prompt tokens, "
+            f"tolerance {CHECK_TOLERANCE:g}): the model's state is lost between steps"
+            f"{_library_versions()}"
+        )
+    return relative
 
 
-class _HybridStepper:
-    """:class:`~spikelm.models.HybridLM` in its recurrent form."""
+def _library_versions() -> str:
+    import sys
 
-    mode = "recurrent"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def reset(self) -> None:
-        self.state = self.model.init_state(1)
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        logits, self.state = self.model.step(token.view(1), self.state)
-        return logits[0]
-
-
-class _HFStepper:
-    """A ``transformers`` causal LM, one token per call, with the cache its forward returns."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        params = inspect.signature(model.forward).parameters
-        if "cache_params" in params:  # mamba2
-            self.cache_name = "cache_params"
-        elif "state" in params and "past_key_values" not in params:  # rwkv
-            self.cache_name = "state"
-        else:
-            self.cache_name = "past_key_values"
-        # recurrent_gemma keeps its recurrent states inside the model and returns no cache
-        self.internal_state = callable(getattr(model, "_setup_cache", None))
-        self.mode = "cache"
-
-    def reset(self) -> None:
-        self.cache: Any = None
-        self.history: list[torch.Tensor] = []
-        self.position = 0
-        if self.internal_state:
-            from transformers import DynamicCache
-
-            weight = next(self.model.parameters())
-            self.model._setup_cache(self.model.config, 1, weight.device, weight.dtype)
-            self.cache = DynamicCache(config=self.model.config)
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        token = token.view(1, 1)
-        if self.mode == "prefix" or self.position == 0:  # the mode is settled by the first call
-            self.history.append(token)
-        if self.mode == "prefix":
-            out = self.model(input_ids=torch.cat(self.history, dim=1), use_cache=False)
-        else:
-            kwargs: dict[str, Any] = {self.cache_name: self.cache, "use_cache": True}
-            if self.internal_state:
-                kwargs["position_ids"] = torch.tensor([[self.position]], device=token.device)
-            out = self.model(input_ids=token, **kwargs)
-            cache = getattr(out, self.cache_name, None)
-            if cache is not None:
-                self.cache = cache
-            elif not self.internal_state:
-                self.mode = "prefix"  # no cache came back: recompute the prefix from now on
-        self.position += 1
-        return out.logits[0, -1]
-
-
-def _stepper(model: nn.Module) -> _HybridStepper | _HFStepper:
-    from spikelm.models import HybridLM
-
-    if isinstance(model, HybridLM):
-        return _HybridStepper(model)
-    if type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
-        return _HFStepper(model)
-    raise ConfigError(
-        f"cannot simulate a {type(model).__name__}: simulation steps spikelm HybridLM models and "
-        "transformers causal LMs"
-    )
+    library = sys.modules.get("transformers")
+    return f" (transformers {library.__version__})" if library is not None else ""
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -358,6 +296,25 @@ def _select(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
     return chosen
 
 
+def _check_counts(new_tokens: Any, threads: Any) -> None:
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0:
+        raise ConfigError(f"new_tokens must be a non-negative integer, got {new_tokens!r}")
+
+
+def _writer(stack: contextlib.ExitStack, record: Any, layers: dict, recorded: list, attrs: dict):
+    if record is None:
+        return None
+    from spikelm.spikes import SpikeWriter
+
+    writer = stack.enter_context(SpikeWriter(record, attrs=attrs))
+    for name in recorded:
+        layer = layers[name]
+        writer.add_layer(name, layer.in_features, layer.steps, layer.coding)
+    return writer
+
+
 def simulate(
     model: nn.Module,
     token_ids: Any,
@@ -384,19 +341,20 @@ def simulate(
     ``threads`` sets torch's intra-op CPU threads for the run (restored after): one token at a
     time is a chain of small ops, for which a single thread is often fastest on a busy CPU.
 
-    Bad options raise :class:`ConfigError` / :class:`SpikeFileError` before any work is done.
+    Bad options raise :class:`ConfigError` / :class:`SpikeFileError` before any work is done; a
+    model whose stepping does not reproduce its parallel forward raises :class:`ConfigError`
+    (see :func:`check_stepping`) before anything is recorded.
     """
     dev = check_options(backend=backend, device=device, record=record)
-    spiking = {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+    spiking = spiking_layers(model)
     if not spiking:
         raise ConfigError(
             "the model has no SpikingLinear layers: it is not spiking; convert it first"
         )
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-    if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0:
-        raise ConfigError(f"new_tokens must be a non-negative integer, got {new_tokens!r}")
-    stepper = _stepper(model)
+    _check_counts(new_tokens, threads)
+    adapter = adapter_for(model)
+    if not adapter.steps:
+        adapter.init_state(model)  # raises: no adapter knows the family
     ids = _as_ids(token_ids, _vocab_size(model))
     recorded = _select(spiking, list(layers)) if record is not None else []
     if record is not None and not recorded:
@@ -409,65 +367,47 @@ def simulate(
     compile_seconds = _compile_kernels(spiking.values(), dev)
     ids = ids.to(dev)
     stop = {int(i) for i in stop_ids}
-    planned = len(ids) + max(new_tokens - 1, 0)
 
     from tqdm.auto import tqdm
 
     generated: list[int] = []
     kept: list[torch.Tensor] = []
     with contextlib.ExitStack() as stack:
-        writer = None
-        if record is not None:
-            from spikelm.spikes import SpikeWriter
-
-            writer = stack.enter_context(
-                SpikeWriter(
-                    record,
-                    attrs={
-                        "producer": "spikelm simulate",
-                        "backend": used_backends,
-                        "device": str(dev),
-                        "input_tokens": len(ids),
-                    },
-                )
-            )
-            for name in recorded:
-                layer = spiking[name]
-                writer.add_layer(name, layer.in_features, layer.steps, layer.coding)
-        probes = stack.enter_context(_probes(spiking, recorded))
-        bar = stack.enter_context(
-            tqdm(total=planned, unit="tok", desc="simulating", disable=None if progress else True)
-        )
         stack.enter_context(torch.no_grad())
         if threads is not None:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
+        check_stepping(adapter, model, ids)
+        attrs = {"producer": "spikelm simulate", "backend": used_backends, "device": str(dev)}
+        writer = _writer(stack, record, spiking, recorded, {**attrs, "input_tokens": len(ids)})
+        probes = {n: _LayerProbe(n, layer, n in recorded) for n, layer in spiking.items()}
+        stack.enter_context(probed(spiking, probes))
+        planned = len(ids) + max(new_tokens - 1, 0)
+        bar = stack.enter_context(
+            tqdm(total=planned, unit="tok", desc="simulating", disable=None if progress else True)
+        )
+        start = time.perf_counter()
+        state = adapter.init_state(model, 1)
         tokens = 0
 
         def feed(token: torch.Tensor) -> torch.Tensor:
-            nonlocal tokens
-            last_only = stepper.mode == "prefix"
-            for probe in probes.values():
-                probe.last_row_only = last_only
-            logits = stepper(token)
+            nonlocal state, tokens
+            logits, state = adapter.step(model, token, state)
             for probe in probes.values():
                 probe.end_token(writer)
             if return_logits:
-                kept.append(logits.detach().float().cpu())
+                kept.append(logits[0].detach().float().cpu())
             tokens += 1
             bar.update(1)
-            return logits
+            return logits[0]
 
-        start = time.perf_counter()
-        stepper.reset()
         for t in range(len(ids)):
             logits = feed(ids[t : t + 1])
         while len(generated) < new_tokens:
-            next_id = logits.argmax(-1, keepdim=True)
-            generated.append(int(next_id))
+            generated.append(int(logits.argmax(-1)))
             if len(generated) == new_tokens or generated[-1] in stop:
                 break
-            logits = feed(next_id)
+            logits = feed(torch.tensor(generated[-1:], device=dev))
         for probe in probes.values():
             probe.flush(writer)
         if dev.type == "cuda":
@@ -485,7 +425,7 @@ def simulate(
         layer_stats=layer_stats,
         backend=used_backends,
         device=str(dev),
-        stepping=stepper.mode,
+        family=adapter.name,
         compile_seconds=compile_seconds,
         record=Path(record) if record is not None else None,
         recorded_layers=tuple(recorded),
@@ -493,106 +433,15 @@ def simulate(
     )
 
 
-# --- a saved checkpoint, text in and text out (what the CLI runs) --------------------------------
-
-
-@dataclass
-class CheckpointSimulation:
-    """A simulation of a saved checkpoint: the result and the generated text (if a tokenizer)."""
-
-    result: SimulationResult
-    text: str | None
-
-
-def _decode(tokenizer: Any, ids: list[int]) -> str:
-    if hasattr(tokenizer, "convert_ids_to_tokens"):  # a transformers tokenizer
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    return tokenizer.decode(ids)
-
-
-def _stop_ids(model: nn.Module) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
-
-
-def simulate_checkpoint(
-    directory: str | os.PathLike[str],
-    *,
-    text_file: str | os.PathLike[str] | None = None,
-    prompt: str | None = None,
-    new_tokens: int | None = None,
-    max_tokens: int | None = None,
-    backend: str | None = None,
-    device: str | torch.device = "cpu",
-    record: str | os.PathLike[str] | None = None,
-    layers: Sequence[str] = ("*",),
-    progress: bool = True,
-    threads: int | None = None,
-) -> CheckpointSimulation:
-    """Load the spiking checkpoint ``directory`` and :func:`simulate` it on a text or a prompt.
-
-    Exactly one of ``text_file`` (teacher-forced; ``new_tokens`` defaults to 0) and ``prompt``
-    (``new_tokens`` defaults to 32) is given; ``max_tokens`` keeps the first input tokens only.
-    Generation stops at the model's end-of-sequence token (transformers models). Options, the
-    recording path and the text file are checked before the checkpoint is loaded.
-    """
-    import spikelm
-
-    if (text_file is None) == (prompt is None):
-        raise ConfigError("give exactly one of a text file and a prompt")
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
-    if new_tokens is not None and new_tokens < 0:
-        raise ConfigError(f"new_tokens must be >= 0, got {new_tokens}")
-    check_options(backend=backend, device=device, record=record)
-    if text_file is not None:
-        path = Path(text_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: cannot read text ({error})") from error
-        where = str(path)
-    else:
-        text, where = prompt, "the prompt"
-    if not text:
-        raise ConfigError(f"{where} is empty: no tokens to simulate")
-    model, tokenizer = spikelm.load(directory, with_tokenizer=True)
-    if tokenizer is None:
-        raise ConfigError(
-            f"{directory}: the checkpoint has no tokenizer, so text cannot be encoded"
-        )
-    ids = list(tokenizer.encode(text))[:max_tokens]
-    if not ids:
-        raise ConfigError(f"{where} encodes to no tokens")
-    if new_tokens is None:
-        new_tokens = 0 if text_file is not None else 32
-    result = simulate(
-        model,
-        ids,
-        new_tokens=new_tokens,
-        backend=backend,
-        device=device,
-        record=record,
-        layers=layers,
-        progress=progress,
-        stop_ids=_stop_ids(model) if new_tokens else (),
-        threads=threads,
-    )
-    return CheckpointSimulation(
-        result, _decode(tokenizer, result.generated) if result.generated else None
-    )
-
-
 __all__ = [
-    "CheckpointSimulation",
+    "CHECK_TOKENS",
+    "CHECK_TOLERANCE",
     "SimulationResult",
     "backend_names",
     "check_backend",
     "check_device",
     "check_options",
     "check_record_path",
+    "check_stepping",
     "simulate",
-    "simulate_checkpoint",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikelm.adapters import TransformersAdapter, adapter_for_type
 from spikelm.calibrate import prepare
 from spikelm.checkpoint import save
 from spikelm.config import SpikeConfig
 from spikelm.convert import convert, spiking, w8a8
-from spikelm.errors import ConfigError, SpikelmError
+from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fidelity import Score, compare, token_batches
-
-HYBRID_TYPE = "spikelm_hybrid"
+from spikelm.simulate import SimulationResult
 
 
 @dataclass
@@ -37,7 +38,8 @@ class ConversionResult:
 
 
 def load_source(src: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer or None)`` from a spikelm hybrid directory, an HF directory or hub id."""
+    """``(model, tokenizer or None)`` from a model directory (its family's adapter loads it) or a
+    Hugging Face hub id."""
     path = Path(src).expanduser()
     if (path / "spikelm.json").is_file():
         raise ConfigError(f"{path}: already a spiking checkpoint; convert its source model")
@@ -47,16 +49,12 @@ def load_source(src: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
             model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
             raise SpikelmError(f"{config_file}: unreadable model config ({error})") from error
-        if model_type == HYBRID_TYPE:
-            from spikelm.models import ByteTokenizer, HybridLM
+        adapter = adapter_for_type(model_type, str(path))
+        if not isinstance(adapter, TransformersAdapter):
+            return adapter.load(path)
+    require_extra("hf", "transformers", f"{src}: loading Hugging Face checkpoints")
+    from spikelm.hf import load_causal_lm
 
-            return HybridLM.from_pretrained(path).eval(), ByteTokenizer()
-    try:
-        from spikelm.hf import load_causal_lm
-    except ImportError as error:
-        raise ConfigError(
-            f"{src}: loading Hugging Face checkpoints needs transformers: pip install 'spikelm[hf]'"
-        ) from error
     return load_causal_lm(src)
 
 
@@ -163,4 +161,94 @@ def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> Conversio
         calib_ids=torch.tensor(tokenizer.encode(calib_text)),
         eval_ids=torch.tensor(tokenizer.encode(eval_text)),
         progress=progress,
+    )
+
+
+@dataclass
+class CheckpointSimulation:
+    """A simulation of a saved checkpoint: the result and the generated text (if a tokenizer)."""
+
+    result: SimulationResult
+    text: str | None
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    if hasattr(tokenizer, "convert_ids_to_tokens"):  # a transformers tokenizer
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode(ids)
+
+
+def _stop_ids(model: nn.Module) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def simulate_checkpoint(
+    directory: str | os.PathLike[str],
+    *,
+    text_file: str | os.PathLike[str] | None = None,
+    prompt: str | None = None,
+    new_tokens: int | None = None,
+    max_tokens: int | None = None,
+    backend: str | None = None,
+    device: str | torch.device = "cpu",
+    record: str | os.PathLike[str] | None = None,
+    layers: Sequence[str] = ("*",),
+    progress: bool = True,
+    threads: int | None = None,
+) -> CheckpointSimulation:
+    """Load the spiking checkpoint ``directory`` and :func:`simulate` it on a text or a prompt.
+
+    Exactly one of ``text_file`` (teacher-forced; ``new_tokens`` defaults to 0) and ``prompt``
+    (``new_tokens`` defaults to 32) is given; ``max_tokens`` keeps the first input tokens only.
+    Generation stops at the model's end-of-sequence token (transformers models). Options, the
+    recording path and the text file are checked before the checkpoint is loaded.
+    """
+    import spikelm
+    from spikelm.simulate import check_options, simulate
+
+    if (text_file is None) == (prompt is None):
+        raise ConfigError("give exactly one of a text file and a prompt")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+    if new_tokens is not None and new_tokens < 0:
+        raise ConfigError(f"new_tokens must be >= 0, got {new_tokens}")
+    check_options(backend=backend, device=device, record=record)
+    if text_file is not None:
+        path = Path(text_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read text ({error})") from error
+        where = str(path)
+    else:
+        text, where = prompt, "the prompt"
+    if not text:
+        raise ConfigError(f"{where} is empty: no tokens to simulate")
+    model, tokenizer = spikelm.load(directory, with_tokenizer=True)
+    if tokenizer is None:
+        raise ConfigError(
+            f"{directory}: the checkpoint has no tokenizer, so text cannot be encoded"
+        )
+    ids = list(tokenizer.encode(text))[:max_tokens]
+    if not ids:
+        raise ConfigError(f"{where} encodes to no tokens")
+    if new_tokens is None:
+        new_tokens = 0 if text_file is not None else 32
+    result = simulate(
+        model,
+        ids,
+        new_tokens=new_tokens,
+        backend=backend,
+        device=device,
+        record=record,
+        layers=layers,
+        progress=progress,
+        stop_ids=_stop_ids(model) if new_tokens else (),
+        threads=threads,
+    )
+    return CheckpointSimulation(
+        result, _decode(tokenizer, result.generated) if result.generated else None
     )

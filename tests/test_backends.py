@@ -23,9 +23,8 @@ from spikelm.backends import (
 )
 from spikelm.backends.epilogue import epilogue
 from spikelm.backends.events import accumulator_dtype, count_events
-from spikelm.convert import spiking_layers
 from spikelm.encoders import get_coder
-from spikelm.layers import SpikingLinear
+from spikelm.layers import SpikingLinear, spiking_layers
 from spikelm.quant import quantize_weight
 
 CUDA = torch.cuda.is_available()

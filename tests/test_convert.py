@@ -12,9 +12,9 @@ from spikelm import NonFiniteError
 from spikelm.backends import get_backend
 from spikelm.calibrate import calibrate, prepare
 from spikelm.config import SpikeConfig
-from spikelm.convert import convert, spiking, spiking_layers, target_linears
+from spikelm.convert import convert, spiking, target_linears
 from spikelm.errors import ConfigError
-from spikelm.layers import SpikingLinear, collect_stats
+from spikelm.layers import SpikingLinear, collect_stats, spiking_layers
 from spikelm.quant import dequantize_weight
 
 
@@ -107,7 +107,7 @@ def test_stats_count_events_of_the_coding() -> None:
     assert up.slots == 10 * 64 and up.tokens == 10
     assert up.silent == int((counts == 0).sum())
     assert 0 < up.firing_rate < 1 and up.spikes_per_channel == pytest.approx(popcount / 640)
-    assert snn.up.stats is None  # recording stops with the block
+    assert snn.up.probe is None  # recording stops with the block
 
 
 def test_bad_calibration_input_is_refused() -> None:

@@ -32,14 +32,22 @@ pytest.importorskip("transformers")
 import hf_tiny  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-based import)
 
 import spikelm  # noqa: E402
+from spikelm.adapters import ADAPTERS, adapter_for  # noqa: E402
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.errors import CheckpointError  # noqa: E402
 from spikelm.fidelity import compare, token_batches  # noqa: E402
-from spikelm.hf import SUPPORTED_MODEL_TYPES, linear_modules, load_causal_lm  # noqa: E402
+from spikelm.hf import load_causal_lm, supported_model_types  # noqa: E402
 from spikelm.layers import SpikingLinear  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = SUPPORTED_MODEL_TYPES
+FAMILIES = supported_model_types()
+
+
+def linear_modules(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The projections a converter spikes: the family adapter's one definition."""
+    return adapter_for(model).linear_layers(model)
+
+
 THRESHOLDS = ("dynamic", "static_channel")
 SEQ_LEN = 32
 _LOW_ID = 4  # ids below are the tiny tokenizer's special tokens
@@ -320,7 +328,8 @@ BAD_INPUTS = {
     "truncated_safetensors": ("model.safetensors: truncated safetensors file", ()),
     "corrupt_safetensors": ("model.safetensors: corrupt safetensors header", ()),
     "unsupported_architecture": (
-        "model_type 'bert' is not supported; supported: " + ", ".join(SUPPORTED_MODEL_TYPES),
+        "model_type 'bert' is not supported; supported: "
+        + ", ".join(t for adapter in ADAPTERS for t in adapter.model_types),
         (),
     ),
     "mismatched_shapes": (

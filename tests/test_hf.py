@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 import hf_tiny  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-based import)
 
 import spikelm  # noqa: E402
+from spikelm.adapters import adapter_for  # noqa: E402
 from spikelm.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -25,13 +26,14 @@ from spikelm.errors import (  # noqa: E402
     UnsupportedModelError,
 )
 from spikelm.hf import (  # noqa: E402
-    SUPPORTED_MODEL_TYPES,
-    linear_modules,
     load_causal_lm,
     load_token_ids,
     load_tokenizer,
     model_from_config,
+    supported_model_types,
 )
+
+SUPPORTED_MODEL_TYPES = supported_model_types()
 
 FAMILIES = hf_tiny.FAMILIES
 IDS = torch.randint(4, hf_tiny.VOCAB_SIZE, (2, 40), generator=torch.Generator().manual_seed(1))
@@ -74,7 +76,7 @@ def test_load_matches_in_memory_model(family: str, saved: dict[str, Path]) -> No
     assert model.config.model_type == family == config.model_type
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32
-    layers = linear_modules(model)
+    layers = adapter_for(model).linear_layers(model)
     before = {name: m.weight.clone() for name, m in layers.items()}
     logits = _logits(model)
     # a forward pass must not change projection weights (RWKV rescales them once, at load)
@@ -87,8 +89,8 @@ def test_load_matches_in_memory_model(family: str, saved: dict[str, Path]) -> No
     assert layers and all(isinstance(m, torch.nn.Linear) for m in layers.values())
     head = model.get_output_embeddings()
     assert head not in layers.values()
-    with_head = linear_modules(model, include_head=True)
-    assert list(with_head)[:-1] == list(layers) and with_head[list(with_head)[-1]] is head
+    every = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert every == [*layers.values(), head]  # every nn.Linear but the head, in module order
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -300,12 +300,15 @@ def test_failed_overwrite_keeps_old_file(tmp_path):
 
 
 def test_many_small_appends_flush_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr("spikelm.spikes.CHUNK_EVENTS", 64)
+    monkeypatch.setattr("spikelm.spikes.writer.CHUNK_EVENTS", 64)
     path = tmp_path / "rec.h5"
     dense = random_spikes((300, 2, 8), 0.4)
     with SpikeWriter(path) as writer:
         for token in dense:
             writer.append("a", token)
+    with h5py.File(path, "r") as f:
+        assert f["layers/a/token"].chunks == (64,)
+        assert f["layers/a/token"].shape[0] > 64
     with open_spikes(path) as reader:
         np.testing.assert_array_equal(reader.read("a").to_dense(), dense)
 

@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from spikelm.errors import ConfigError
+from spikelm.loss import next_token_nll
 
 
 @torch.no_grad()
@@ -37,10 +37,8 @@ def perplexity(
     total, count = 0.0, 0
     for batch in batches:
         batch = batch.to(_device_of(model))
-        logits = model(batch)[:, :-1].float()
-        targets = batch[:, 1:]
-        total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
+        total += next_token_nll(model(batch), batch).item()
+        count += batch[:, 1:].numel()
     return math.exp(total / count)
 
 

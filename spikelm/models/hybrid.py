@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spikelm.errors import ConfigError, ShapeError, SpikelmError
+from spikelm.fileio import atomic_directory
 from spikelm.models.gla import GatedLinearAttention, GLAState
 from spikelm.models.layers import RMSNorm, SwiGLU
 from spikelm.models.swa import SlidingWindowAttention, SWAState
@@ -273,34 +272,22 @@ class HybridLM(nn.Module):
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
 
-        Both files are first written into a temporary directory beside ``path``. A new ``path`` is
-        then created by one ``os.replace`` of that directory; into an existing ``path`` each file is
-        moved by its own ``os.replace`` (weights first), keeping any other files there. Nothing is
-        left half-written on failure.
+        Both files are first written into a temporary directory beside ``path``
+        (:func:`spikelm.fileio.atomic_directory` with ``merge``). A new ``path`` is then created by
+        one ``os.replace`` of that directory; into an existing ``path`` each file is moved by its
+        own ``os.replace`` (weights first), keeping any other files there. Files get mode 0o644, a
+        new directory 0o755. Nothing is left half-written on failure.
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise SpikelmError(f"{path}: exists and is not a directory")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            for name in (WEIGHTS_NAME, CONFIG_NAME):  # mkdtemp / safetensors default to owner-only
-                os.chmod(tmp / name, 0o644)
-            os.chmod(tmp, 0o755)
-            if path.is_dir():
-                for name in (WEIGHTS_NAME, CONFIG_NAME):
-                    os.replace(tmp / name, path / name)
-            else:
-                os.replace(tmp, path)
+            with atomic_directory(
+                path, merge=(WEIGHTS_NAME, CONFIG_NAME), file_mode=0o644, dir_mode=0o755
+            ) as tmp:
+                save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+                (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         except OSError as e:
             raise SpikelmError(f"{path}: cannot save model ({e})") from e
-        finally:
-            if tmp is not None and tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(
