@@ -229,6 +229,16 @@ def test_save_reload_generate(family: str, converted, tmp_path: Path) -> None:
     expected = conversion.model.generate(PROMPT, max_new_tokens=5, do_sample=False)
     assert torch.equal(generated, expected)
 
+    # spikelm's own token-by-token simulation of the reloaded checkpoint: the same greedy tokens,
+    # and prompt logits equal to the parallel forward's to float rounding
+    from spikelm.simulate import simulate
+
+    result = simulate(restored, PROMPT, new_tokens=5, progress=False, return_logits=True)
+    assert result.family == family
+    assert result.generated == generated[0, PROMPT.shape[1] :].tolist()
+    parallel = _logits(restored, PROMPT)[0]
+    torch.testing.assert_close(result.logits[: PROMPT.shape[1]], parallel, atol=1e-4, rtol=0)
+
 
 def test_truncated_spiking_checkpoint_is_one_line(converted, tmp_path: Path) -> None:
     out = spikelm.save(converted("llama").model, tmp_path / "ckpt")
