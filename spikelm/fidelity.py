@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikelm.estimators import SpikeStats, summarize
-from spikelm.layers import SpikingLinear, collect_stats
+from spikelm.layers import collect_stats, spiking_layers
 from spikelm.loss import next_token_nll
 
 
@@ -69,7 +69,7 @@ def compare(
     stats: dict[str, dict[str, SpikeStats]] = {}
     with contextlib.ExitStack() as stack:
         for name, model in models.items():
-            if any(isinstance(m, SpikingLinear) for m in model.modules()):
+            if spiking_layers(model):
                 stats[name] = stack.enter_context(collect_stats(model))
         for batch in batches:
             ann_logits = logits_of(reference, batch)
