@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -24,8 +27,9 @@ from spikelm.backends import get_backend
 from spikelm.config import SpikeConfig
 from spikelm.convert import _set_submodule
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
-from spikelm.fileio import atomic_directory, check_safetensors_file
+from spikelm.fileio import atomic_directory, check_safetensors_file, one_line
 from spikelm.layers import SpikingLinear, spiking_layers
+from spikelm.outputs import check_output
 
 FORMAT = "spikelm.checkpoint"
 VERSION = 1
@@ -39,8 +43,15 @@ def save(
     *,
     tokenizer: Any = None,
     metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    sources: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
-    """Write the converted ``model`` (and its tokenizer) to ``directory``, atomically."""
+    """Write the converted ``model`` (and its tokenizer) to ``directory``, atomically.
+
+    An existing spiking checkpoint there is replaced only with ``overwrite``; anything else, and
+    the ``sources`` the model came from, never (:func:`spikelm.outputs.check_output`).
+    """
+    check_output(directory, "checkpoint", overwrite=overwrite, sources=sources)
     config: SpikeConfig | None = getattr(model, "_spikelm_config", None)
     layers = spiking_layers(model)
     if config is None or not layers:
@@ -81,15 +92,34 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SpikelmError(f"{manifest_path}: unreadable ({error})") from error
-    if manifest.get("format") != FORMAT:
+        raise SpikelmError(f"{manifest_path}: unreadable ({one_line(error)})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SpikelmError(f"{manifest_path}: not a spikelm checkpoint manifest")
     if manifest.get("version") != VERSION:
         raise SpikelmError(
             f"{manifest_path}: checkpoint version {manifest.get('version')!r}; "
             f"this spikelm reads version {VERSION}"
         )
+    if not isinstance(manifest.get("spike_config"), dict):
+        raise CheckpointError(f"{manifest_path}: no spike_config object")
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise CheckpointError(f"{manifest_path}: no layers object naming the spiking layers")
+    for name, shape in layers.items():
+        if not (
+            isinstance(shape, dict)
+            and all(_positive_int(shape.get(key)) for key in ("in", "out"))
+            and isinstance(shape.get("bias"), bool)
+        ):
+            raise CheckpointError(
+                f"{manifest_path}: layer {name!r} needs positive integers 'in', 'out' and a "
+                f"boolean 'bias', got {json.dumps(shape)[:80]}"
+            )
     return manifest
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _adapter(path: Path, source: object) -> Adapter:
@@ -121,11 +151,22 @@ def load(
     path = Path(directory)
     get_backend(backend)  # an unknown backend name fails here, before any loading
     manifest = read_manifest(path)
-    config = SpikeConfig.from_dict(manifest["spike_config"])
+    try:
+        config = SpikeConfig.from_dict(manifest["spike_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path / MANIFEST}: bad spike_config ({one_line(error)})") from error
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing weights file")
     check_safetensors_file(weights)  # truncated / corrupt: one line naming the file
+    stored = _stored_tensors(weights)
+    for name, shape in manifest["layers"].items():  # before any layer is allocated
+        found = stored.get(f"{name}.weight_q")
+        if found != ("I8", [shape["out"], shape["in"]]):
+            raise CheckpointError(
+                f"{weights}: layer {name!r} is {shape['out']}x{shape['in']} in {MANIFEST} but its "
+                f"weight_q is {found[1] if found else 'missing'} ({found[0] if found else '-'})"
+            )
     tokenizer = None
     if model is None:
         model, tokenizer = _adapter(path, manifest.get("source")).skeleton(path)
@@ -140,20 +181,57 @@ def load(
             shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
         )
         _set_submodule(model, name, layer)
+    _check_against(model, stored, weights)
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except Exception as error:  # safetensors' own errors for corrupt files, shape mismatches
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{weights}: cannot load ({message})") from error
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: tensors do not match the model (missing: {sorted(missing)[:5]}, "
-            f"unexpected: {sorted(unexpected)[:5]})"
-        )
+        load_model(model, str(weights), strict=True)
+    except Exception as error:  # safetensors' own errors for corrupt data
+        raise CheckpointError(f"{weights}: cannot load ({one_line(error)})") from error
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values")
     model._spikelm_config = config
     model.eval()
     adapter_for(model).converted(model)
     return (model, tokenizer) if with_tokenizer else model
+
+
+def _stored_tensors(weights: Path) -> dict[str, tuple[str, list[int]]]:
+    """``name -> (dtype, shape)`` from a safetensors header (nothing is read but the header)."""
+    with open(weights, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {
+        name: (entry["dtype"], list(entry["shape"]))
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _check_against(model: nn.Module, stored: dict, weights: Path) -> None:
+    """Every tensor of ``model`` stored with its shape and kind of dtype, and nothing else."""
+    expected = model.state_dict()
+    stored_storage = {
+        tensor.untyped_storage().data_ptr() for name, tensor in expected.items() if name in stored
+    }
+    for name, tensor in expected.items():
+        if name not in stored:
+            if tensor.untyped_storage().data_ptr() in stored_storage:
+                continue  # tied to a stored tensor (safetensors keeps one name of a tied pair)
+            raise CheckpointError(f"{weights}: tensor {name} is missing")
+        dtype, shape = stored[name]
+        fits = dtype == "I8" if tensor.dtype == torch.int8 else dtype in FLOAT_DTYPES
+        if not fits or shape != list(tensor.shape):
+            raise CheckpointError(
+                f"{weights}: tensor {name} is {dtype} {shape}; the model needs "
+                f"{'I8' if tensor.dtype == torch.int8 else 'a float'} {list(tensor.shape)}"
+            )
+    unexpected = sorted(set(stored) - set(expected))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{weights}: tensor {unexpected[0]} is not in the model{more}")
 
 
 __all__ = ["load", "read_manifest", "save"]

@@ -9,17 +9,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from spikelm import __version__
 from spikelm.errors import SpikelmError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 3
+OVERWRITE_HELP = "replace an existing spikelm output of the same kind (never anything else)"
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's promise for usage errors too: one line, exit 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"spikelm: error: {self.prog}: {message}\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _parse_token_range(text: str) -> slice:
@@ -52,8 +78,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_raster(args: argparse.Namespace) -> int:
     from spikelm.errors import require_extra
+    from spikelm.outputs import check_output
 
     require_extra("plot", "matplotlib", "spikelm raster")
+    check_output(args.out, "plot", overwrite=args.overwrite, sources=[args.file])
     from spikelm.plot import raster
     from spikelm.spikes import SpikeReader
 
@@ -101,7 +129,8 @@ def _fidelity_table(result) -> str:
 def _spike_config(args: argparse.Namespace):
     from spikelm.config import SpikeConfig
 
-    keep = tuple(args.keep_dense) if args.keep_dense else SpikeConfig().keep_dense
+    defaults = () if args.no_default_keep_dense else SpikeConfig().keep_dense
+    keep = (*defaults, *(args.keep_dense or ()))
     return SpikeConfig(
         coding=args.coding,
         steps=args.steps,
@@ -119,10 +148,12 @@ def _spike_config(args: argparse.Namespace):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from spikelm.outputs import check_output
     from spikelm.workflow import convert_model, load_source, token_ids
 
     config = _spike_config(args)
-    model, tokenizer = load_source(args.src)
+    check_output(args.out, "checkpoint", overwrite=args.overwrite, sources=[args.src])
+    model, tokenizer = load_source(args.src, allow_unused_weights=args.allow_unused_weights)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     calib = token_ids(
         tokenizer,
@@ -150,6 +181,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         calib_windows=args.calib_windows,
         eval_windows=args.eval_windows,
+        overwrite=args.overwrite,
+        source=args.src,
+        patterns={"--keep-dense": args.keep_dense or ()},
     )
     if result.scores:
         print(_fidelity_table(result))
@@ -185,6 +219,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         record=args.record,
         layers=args.layers or ("*",),
         threads=args.threads,
+        overwrite=args.overwrite,
     )
     result, stats = run.result, run.result.stats
     print(
@@ -223,7 +258,7 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("spiking configuration")
     group.add_argument("--coding", default="bitwise_bidirectional", choices=sorted(CODERS))
-    group.add_argument("--steps", type=int, default=8, help="time steps T (default 8)")
+    group.add_argument("--steps", type=_count(1), default=8, help="time steps T (default 8)")
     group.add_argument("--k", type=float, default=3.0, help="threshold divisor k (default 3)")
     group.add_argument(
         "--threshold", default="dynamic", choices=["dynamic", "static_tensor", "static_channel"]
@@ -245,20 +280,28 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
         "--spike-cost", type=float, default=0.0, help="error-aware rounding cost (0 = nearest)"
     )
     group.add_argument(
-        "--keep-dense", action="append", help="layer pattern kept dense (repeatable)"
+        "--keep-dense",
+        action="append",
+        metavar="PATTERN",
+        help="layer pattern kept dense, added to the defaults (repeatable; must match a layer)",
+    )
+    group.add_argument(
+        "--no-default-keep-dense",
+        action="store_true",
+        help="drop the default keep-dense patterns (lm_head, *.lm_head, head)",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--calib", help="calibration text file")
     data.add_argument("--calib-ids", help="calibration token ids (.npy or text of integers)")
     data.add_argument("--eval", help="evaluation text file (prints the fidelity table)")
     data.add_argument("--eval-ids", help="evaluation token ids (.npy or text of integers)")
-    data.add_argument("--seq-len", type=int, default=256)
-    data.add_argument("--calib-windows", type=int, default=32)
-    data.add_argument("--eval-windows", type=int, default=None)
+    data.add_argument("--seq-len", type=_count(2), default=256, help="tokens per window")
+    data.add_argument("--calib-windows", type=_count(1), default=32)
+    data.add_argument("--eval-windows", type=_count(1), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spikelm",
         description="Turn language models into spiking neural networks; run, measure, export.",
     )
@@ -273,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a checkpoint to spiking form")
     convert.add_argument("src", help="model directory (spikelm or Hugging Face) or hub id")
     convert.add_argument("--out", required=True, help="spiking checkpoint directory to write")
+    convert.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    convert.add_argument(
+        "--allow-unused-weights",
+        action="store_true",
+        help="accept checkpoint tensors the architecture does not use (default: an error)",
+    )
     _add_conversion_options(convert)
     convert.set_defaults(handler=_cmd_convert)
 
@@ -290,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="token range A:B (default 0:1)",
     )
     raster.add_argument("--out", required=True, help="PNG file to write")
+    raster.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     raster.set_defaults(handler=_cmd_raster)
 
     simulate = commands.add_parser(
@@ -301,14 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", metavar="STR", help="prompt to continue")
     simulate.add_argument(
         "--tokens",
-        type=int,
+        type=_count(0),
         default=None,
         metavar="N",
         help="new tokens to generate greedily (default 0 with --text, 32 with --prompt)",
     )
     simulate.add_argument(
         "--max-tokens",
-        type=int,
+        type=_count(1),
         default=None,
         metavar="N",
         help="use only the first N input tokens",
@@ -317,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     simulate.add_argument(
         "--threads",
-        type=int,
+        type=_count(1),
         default=None,
         metavar="N",
         help="CPU threads for torch (default: torch's; 1 is often fastest for small models)",
@@ -325,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--record", metavar="FILE.h5", help="stream spike trains to this HDF5 file"
     )
+    simulate.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     simulate.add_argument(
         "--layers",
         action="append",
@@ -360,7 +411,20 @@ def _library_warnings(shown: bool) -> Iterator[None]:
                 os.environ.pop(key, None)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every partial output is cleaned up on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; SIGINT and SIGTERM stop it within a step, removing partial files."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+        # a shell starting spikelm in the background ignores SIGINT for it; `kill -INT` must work
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -370,9 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _library_warnings(shown=args.debug):
             return handler(args)
-    except KeyboardInterrupt:
-        print("spikelm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, _Terminated)
+        print(f"spikelm: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

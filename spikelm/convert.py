@@ -46,6 +46,18 @@ def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear
     }
 
 
+def check_patterns(model: nn.Module, patterns: Iterable[str], option: str) -> None:
+    """Raise :class:`ConfigError` naming ``option`` for a pattern that matches none of
+    ``model``'s linear layers (its output head included)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(names[:4]) + (
+                f", ... ({len(names)} in all)" if len(names) > 4 else ""
+            )
+            raise ConfigError(f"{option} {pattern!r} matches no linear layer; layers: {shown}")
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

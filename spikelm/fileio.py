@@ -34,8 +34,6 @@ def atomic_directory(
     path: str | os.PathLike[str],
     *,
     merge: Sequence[str] | None = None,
-    file_mode: int | None = None,
-    dir_mode: int | None = None,
 ) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``, published as ``path`` if the block succeeds.
 
@@ -47,8 +45,8 @@ def atomic_directory(
     every other file in ``path`` stays. Each file is then replaced atomically, the set of them is
     not. A new ``path`` is still created by one rename of the staging directory.
 
-    ``file_mode`` / ``dir_mode`` are given to the staged files / the staging directory and its
-    subdirectories before publishing (``mkdtemp`` and some writers create them owner-only).
+    Before publishing, staged files and directories get the modes the process's umask gives new
+    ones (0644 / 0755 under the usual umask 022): ``mkdtemp`` creates them owner-only.
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
@@ -62,8 +60,8 @@ def atomic_directory(
                 f"atomic_directory: the block staged {sorted(os.listdir(staging))}, "
                 f"not the merge names {list(merge)}"
             )
-        if file_mode is not None or dir_mode is not None:
-            _set_modes(staging, file_mode, dir_mode)
+        mask = _umask()
+        _set_modes(staging, 0o666 & ~mask, 0o777 & ~mask)
         if merge is not None and target.is_dir():
             for name in merge:
                 os.replace(staging / name, target / name)
@@ -79,14 +77,18 @@ def atomic_directory(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _set_modes(directory: Path, file_mode: int | None, dir_mode: int | None) -> None:
-    """chmod ``directory``, its subdirectories and its files (a ``None`` mode is left alone)."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _set_modes(directory: Path, file_mode: int, dir_mode: int) -> None:
+    """chmod ``directory`` and its subdirectories to ``dir_mode``, its files to ``file_mode``."""
     for root, _, files in os.walk(directory):
-        if dir_mode is not None:
-            os.chmod(root, dir_mode)
-        if file_mode is not None:
-            for name in files:
-                os.chmod(os.path.join(root, name), file_mode)
+        os.chmod(root, dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
 
 
 def partial_path(path: Path) -> Path:

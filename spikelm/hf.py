@@ -7,8 +7,11 @@ Supported families are the ``transformers`` adapters of :mod:`spikelm.adapters`
 optional fast-kernel packages needed). See ``docs/hf-architectures.md``.
 
 A local checkpoint directory is validated before transformers touches it, so that a wrong path, a
-truncated or corrupt safetensors file, an unsupported ``model_type`` or a config that does not
-match the weights ends in one line naming the file and the problem, not a traceback. While
+truncated or corrupt safetensors file, a non-float weight, an unsupported ``model_type`` or a
+config that does not match the weights ends in one line naming the file and the problem, not a
+traceback. Loading is strict: checkpoint tensors the architecture does not use (unless allowed)
+and NaN or infinite weights are errors too. A source that is neither a directory nor a plausible
+hub id fails before any network access (:func:`check_source`). While
 transformers loads the weights its log records are held back (and its progress bar is hidden when
 stderr is not a terminal): a load that fails on mismatched or missing weights prints only that
 one line, not transformers' multi-line "LOAD REPORT" as well.
@@ -19,14 +22,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    StrictDataclassError,
+)
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -51,6 +66,10 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "spiece.model",
 )
+# one part of a hub id (``org`` or ``name``): letters, digits, '-', '_', '.', no '-'/'.' at the ends
+_HUB_ID_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+_HUB_TIMEOUT_S = 10.0
+_FINITE_CHECK_CHUNK = 1 << 22  # elements per isfinite pass: a few MB of temporaries at most
 
 
 def load_causal_lm(
@@ -58,25 +77,34 @@ def load_causal_lm(
     *,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    allow_unused_weights: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id.
 
-    A local directory is validated first (``config.json``, supported ``model_type``, every
-    safetensors file complete with a parseable header). The model comes back in eval mode with
-    its inference-time weights in place (the family adapter's ``loaded`` fix-ups, e.g. a rescaling
+    A string ``src`` goes through :func:`check_source` first; a :class:`~pathlib.Path` is always
+    a local directory. A local directory is validated before loading (``config.json``, supported
+    ``model_type``, every safetensors file complete with a parseable header and only
+    floating-point weights). Loading is strict: checkpoint tensors the architecture does not use
+    are an error unless ``allow_unused_weights`` (they are then dropped), and so is a NaN or
+    infinite value in any floating parameter or buffer. The model comes back in eval mode with its
+    inference-time weights in place (the family adapter's ``loaded`` fix-ups, e.g. a rescaling
     some families do on their first eval forward, run here, so converters see the weights the
     forward pass uses).
 
     Returns ``(model, tokenizer)``; ``tokenizer`` is ``None`` when the checkpoint has none.
     Raises :class:`CheckpointError` or :class:`UnsupportedModelError`.
     """
-    path = Path(src).expanduser()
-    local = path.exists() or _looks_like_path(str(src))
+    if not isinstance(src, os.PathLike):
+        check_source(src)
+    path = Path(os.path.expanduser(src))
+    local = isinstance(src, os.PathLike) or path.exists()
     if local:
         check_checkpoint_dir(path)
     location = str(path) if local else str(src)
     config = _load_config(location, trust_remote_code)
     check_model_type(config.model_type, location)
+    if local:
+        check_weight_dtypes(path, config, trust_remote_code=trust_remote_code)
     held: list[logging.LogRecord] = []
     try:
         with _transformers_output_held(held):
@@ -91,11 +119,43 @@ def load_causal_lm(
     except (OSError, ValueError, RuntimeError, StrictDataclassError) as exc:
         _replay(held)  # transformers' own failures may point at its report ("see above")
         raise CheckpointError(f"{location}: cannot load model: {one_line(exc)}") from exc
-    _check_loading_info(info, location)  # its one line says what the held report would
-    _replay(held)
+    _check_loading_info(info, location, config.model_type, allow_unused_weights)
+    _replay(held)  # only harmless reports (e.g. allowed unused weights) get this far
+    check_finite_weights(model, location)
     model.eval()
     adapter_for(model).loaded(model)
     return model, load_tokenizer(location, trust_remote_code=trust_remote_code)
+
+
+def check_source(src: str) -> None:
+    """Raise :class:`CheckpointError` unless ``src`` is an existing path or a usable hub id.
+
+    Without any network access, a ``src`` that does not exist locally must be a plausible
+    Hugging Face hub id (``name`` or ``org/name``: letters, digits, ``-``, ``_``, ``.``; no
+    ``--`` or ``..``; no ``-``/``.`` at either end of a part; at most 96 characters a part), and
+    an ``org/name`` whose ``org`` is a local directory is taken as a mistyped local path. A hub id
+    not in the local cache must then be reachable: offline mode (``HF_HUB_OFFLINE``) is an
+    error at once, and otherwise one request (no retries) checks the hub has its ``config.json``.
+    """
+    if Path(os.path.expanduser(src)).exists():
+        return
+    if not _is_hub_id(src):
+        raise CheckpointError(
+            f"{src}: no such model directory, and not a Hugging Face hub id (expected 'org/name')"
+        )
+    org = src.partition("/")[0]
+    if "/" in src and Path(org).is_dir():
+        raise CheckpointError(
+            f"{src}: no such model directory (taken as a local path: {org!r} is a local directory)"
+        )
+    if isinstance(try_to_load_from_cache(src, "config.json"), str):
+        return
+    if _hub_offline():
+        raise CheckpointError(
+            f"{src}: no such model directory, and this Hugging Face hub model is not in the local "
+            "cache while offline mode is on (HF_HUB_OFFLINE)"
+        )
+    _check_hub_model(src)
 
 
 def check_checkpoint_dir(path: Path) -> None:
@@ -152,7 +212,7 @@ def load_tokenizer(
     A local directory without any tokenizer file gives ``None``; one whose tokenizer files do not
     load raises :class:`CheckpointError`. For a hub id any failure to load gives ``None``.
     """
-    path = Path(src).expanduser()
+    path = Path(os.path.expanduser(src))
     local = path.is_dir()
     if local and not any((path / name).is_file() for name in TOKENIZER_FILES):
         return None
@@ -166,6 +226,52 @@ def load_tokenizer(
         raise CheckpointError(
             f"{path}: tokenizer files present but unreadable: {one_line(exc)}"
         ) from exc
+
+
+def check_weight_dtypes(
+    path: Path, config: PretrainedConfig, *, trust_remote_code: bool = False
+) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor of ``path``'s safetensors files
+    whose dtype (from the file headers, no data read) is not floating point.
+
+    Integer or bool tensors pass only where the architecture of ``config`` keeps a non-float
+    tensor of that name (checked on a weightless model skeleton, built only in that case).
+    """
+    odd = [
+        (file, name, dtype)
+        for file in weight_files(path)
+        for name, dtype in _safetensors_dtypes(file).items()
+        if not dtype.startswith(("F", "BF"))
+    ]
+    if not odd:
+        return
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    kept = {name for name, t in skeleton.state_dict().items() if not t.is_floating_point()}
+    for file, name, dtype in odd:
+        if name not in kept:
+            raise CheckpointError(
+                f"{file}: tensor {name} has dtype {dtype}; model weights must be floating point"
+            )
+
+
+def check_finite_weights(model: torch.nn.Module, where: str) -> None:
+    """Raise :class:`CheckpointError` naming the first floating parameter or buffer of ``model``
+    holding a NaN or infinite value (checked in chunks, so the temporaries stay small)."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        for start in range(0, flat.numel(), _FINITE_CHECK_CHUNK):
+            chunk = flat[start : start + _FINITE_CHECK_CHUNK]
+            bad = (~torch.isfinite(chunk)).nonzero()
+            if len(bad):
+                value = float(chunk[int(bad[0, 0])])
+                index = np.unravel_index(start + int(bad[0, 0]), tuple(tensor.shape))
+                at = tuple(int(i) for i in index)
+                raise CheckpointError(
+                    f"{where}: weight {name} holds non-finite values ({value} at index {at})"
+                )
 
 
 def check_model_type(model_type: str, where: str) -> None:
@@ -232,16 +338,45 @@ def load_token_ids(path: str | Path, *, vocab_size: int | None = None) -> list[t
 
 
 def _read_npy_ids(path: Path) -> list[torch.Tensor]:
+    """The rows of a ``.npy`` integer array; the header is checked against the file size before
+    any data is read, so a header claiming a huge shape allocates nothing."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            shape, fortran_order, dtype = _read_npy_header(fh)
+            if not np.issubdtype(dtype, np.integer) or len(shape) not in (1, 2):
+                raise ConfigError(
+                    f"{path}: expected a 1-D or 2-D integer array, got {len(shape)}-D {dtype}"
+                )
+            expected = math.prod(shape) * dtype.itemsize
+            held = os.fstat(fh.fileno()).st_size - fh.tell()
+            if min(shape) < 0 or held != expected:
+                raise ConfigError(
+                    f"{path}: not a readable .npy file: header declares shape {shape} of {dtype}, "
+                    f"but the file holds {held} bytes of data"
+                )
+            data = fh.read(expected)
+    except OSError as exc:
         raise ConfigError(f"{path}: not a readable .npy file: {one_line(exc)}") from exc
-    if not np.issubdtype(array.dtype, np.integer) or array.ndim not in (1, 2):
-        raise ConfigError(
-            f"{path}: expected a 1-D or 2-D integer array, got {array.ndim}-D {array.dtype}"
-        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    if dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ConfigError(f"{path}: token id {int(array.max())} does not fit in int64")
     rows = [array] if array.ndim == 1 else list(array)
-    return [torch.from_numpy(np.asarray(row, dtype=np.int64)) for row in rows if row.size]
+    return [torch.from_numpy(row.astype(np.int64)) for row in rows if row.size]
+
+
+def _read_npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an open ``.npy`` file, left just after the header."""
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        if major not in (1, 2, 3):
+            raise ValueError(f"unsupported .npy format version {major}")
+        # a 3.0 header differs from 2.0 only in being UTF-8, which no integer dtype needs
+        if major == 1:
+            return np.lib.format.read_array_header_1_0(fh)
+        return np.lib.format.read_array_header_2_0(fh)
+    except Exception as exc:  # numpy parses the header with tokenize, ast and np.dtype: each
+        # raises its own exception types (ValueError, SyntaxError, TokenError, ...) on bad input
+        raise ConfigError(f"{fh.name}: not a readable .npy file: {one_line(exc)}") from exc
 
 
 def _read_text_ids(path: Path) -> list[torch.Tensor]:
@@ -255,16 +390,24 @@ def _read_text_ids(path: Path) -> list[torch.Tensor]:
         if not fields:
             continue
         try:
-            seqs.append(torch.tensor([int(f) for f in fields], dtype=torch.long))
+            ids = [int(f) for f in fields]
         except ValueError as exc:
             raise ConfigError(
                 f"{path}:{lineno}: not whitespace-separated ints: {one_line(exc)}"
             ) from exc
+        too_big = next((i for i in ids if not -(2**63) <= i < 2**63), None)
+        if too_big is not None:
+            raise ConfigError(f"{path}:{lineno}: token id {too_big:.3g} does not fit in int64")
+        seqs.append(torch.tensor(ids, dtype=torch.long))
     return seqs
 
 
-def _check_loading_info(info: dict, location: str) -> None:
-    """Turn transformers' loading report into one-line errors: mismatched or missing weights."""
+def _check_loading_info(
+    info: dict, location: str, model_type: str, allow_unused_weights: bool
+) -> None:
+    """Turn transformers' loading report into one-line errors: mismatched, missing or (unless
+    allowed) unused weights. Unused are only those transformers itself reports as unexpected
+    (it already ignores e.g. stale ``rotary_emb.inv_freq`` buffers)."""
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
         key, ckpt_shape, model_shape = mismatched[0]
@@ -279,6 +422,13 @@ def _check_loading_info(info: dict, location: str) -> None:
         raise CheckpointError(
             f"{location}: weights missing from the checkpoint: {missing[0]}{more}; "
             "config.json does not match the weights"
+        )
+    unused = sorted(info.get("unexpected_keys") or ())
+    if unused and not allow_unused_weights:
+        raise CheckpointError(
+            f"{location}: {len(unused)} checkpoint tensor(s) not used by the {model_type} "
+            f"architecture, first {unused[0]}; config.json does not match the weights "
+            "(or allow unused weights to drop them)"
         )
 
 
@@ -331,11 +481,55 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
-def _looks_like_path(src: str) -> bool:
-    """True for strings that can only be a filesystem path, never a hub id (``org/name``)."""
+def _is_hub_id(src: str) -> bool:
+    """True for ``name`` or ``org/name`` following the Hugging Face hub's repository id rules."""
+    parts = src.split("/")
     return (
-        os.path.isabs(src)
-        or src.startswith((".", "~"))
-        or src.endswith(("/", os.sep))
-        or src.count("/") > 1
+        len(parts) <= 2
+        and all(_HUB_ID_PART.fullmatch(part) for part in parts)
+        and "--" not in src
+        and ".." not in src
+        and not src.endswith(".git")
     )
+
+
+def _hub_offline() -> bool:
+    """Hub offline mode: set when huggingface_hub was imported, or in the environment since."""
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return hub_constants.HF_HUB_OFFLINE or flag.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _check_hub_model(repo_id: str) -> None:
+    """One request, without the retries a download makes, for the hub model's ``config.json``."""
+    url = hf_hub_url(repo_id, "config.json", endpoint=hub_constants.ENDPOINT)
+    try:
+        get_hf_file_metadata(url, timeout=_HUB_TIMEOUT_S)
+    except GatedRepoError as exc:
+        raise CheckpointError(
+            f"{repo_id}: gated Hugging Face hub model; accept its terms and log in (hf auth login)"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(
+            f"{repo_id}: no such model directory, and no such Hugging Face hub model "
+            "(or it is private: log in with hf auth login)"
+        ) from exc
+    except RemoteEntryNotFoundError as exc:
+        raise CheckpointError(f"{repo_id}: the Hugging Face hub model has no config.json") from exc
+    except HfHubHTTPError as exc:
+        raise CheckpointError(
+            f"{repo_id}: Hugging Face hub request failed: {one_line(exc)}"
+        ) from exc
+    except Exception as exc:  # the HTTP client's own connection, timeout and TLS errors
+        raise CheckpointError(
+            f"{repo_id}: not a local directory, and the Hugging Face hub is unreachable and the "
+            f"model is not in the local cache: {one_line(exc)}"
+        ) from exc
+
+
+def _safetensors_dtypes(file: Path) -> dict[str, str]:
+    """``{tensor name: safetensors dtype}`` from the header of a file that passed
+    :func:`~spikelm.fileio.check_safetensors_file`."""
+    with open(file, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    return {name: entry["dtype"] for name, entry in header.items() if name != "__metadata__"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikelm.errors import ConfigError
+from spikelm.errors import ConfigError, NonFiniteError
 
 
 def group_count(in_features: int, group_size: int | None) -> int:
@@ -33,18 +33,35 @@ def group_count(in_features: int, group_size: int | None) -> int:
 
 
 def quantize_weight(
-    weight: torch.Tensor, bits: int = 8, group_size: int | None = 128
+    weight: torch.Tensor, bits: int = 8, group_size: int | None = 128, *, name: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W_q int8 [out, in], scale float32 [out, groups])`` as in the module docstring."""
+    """``(W_q int8 [out, in], scale float32 [out, groups])`` as in the module docstring.
+
+    An all-zero group gets scale 1. Raises :class:`NonFiniteError` (naming the layer ``name``)
+    if the weight holds NaN or infinite values (in float32), so no scale is ever non-finite.
+    """
     out_features, in_features = weight.shape
     groups = group_count(in_features, group_size)
     q_max = 2 ** (bits - 1) - 1
     # one float32 working copy, then in place: peak ~1x the layer's float size, not ~4x
     work = weight.detach().to(torch.float32, copy=True).reshape(out_features, groups, -1)
     scale = torch.maximum(work.amax(-1), work.amin(-1).neg_()) / q_max
+    _check_finite_scale(scale, name)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = work.div_(scale.unsqueeze(-1)).round_().clamp_(-q_max, q_max)
     return codes.reshape(out_features, in_features).to(torch.int8), scale
+
+
+def _check_finite_scale(scale: torch.Tensor, name: str) -> None:
+    """Raise unless every group's absmax is finite (``amax`` propagates NaN, so this covers it)."""
+    bad = (~torch.isfinite(scale)).nonzero()
+    if len(bad):
+        row = int(bad[0, 0])
+        kind = "NaN" if bool(scale[tuple(bad[0])].isnan()) else "infinite"
+        raise NonFiniteError(
+            f"{name or 'weight'}: cannot quantize a weight with {kind} values "
+            f"(first in output row {row})"
+        )
 
 
 def dequantize_weight(weight_q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -65,11 +82,13 @@ def fake_quant_activation(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
 class W8A8Linear(nn.Module):
     """Fake-quant baseline: int8 weights (per row/group) and per-token int8 activations."""
 
-    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int | None = 128) -> None:
+    def __init__(
+        self, linear: nn.Linear, bits: int = 8, group_size: int | None = 128, *, name: str = ""
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bits = bits
-        weight_q, scale = quantize_weight(linear.weight, bits, group_size)
+        weight_q, scale = quantize_weight(linear.weight, bits, group_size, name=name)
         self.register_buffer("weight", dequantize_weight(weight_q, scale))
         bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
         self.register_buffer("bias", bias)

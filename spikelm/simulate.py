@@ -38,6 +38,7 @@ from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
 from spikelm.layers import SpikingLinear, probed, spiking_layers
+from spikelm.outputs import check_output
 
 NO_GPU_MESSAGE = "CUDA requested but no GPU is available (torch.cuda.is_available() is False)"
 CHECK_TOKENS = 16
@@ -124,8 +125,9 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_record_path(path: str | os.PathLike[str]) -> Path:
-    """Raise :class:`SpikeFileError` unless a spike recording can be created at ``path``."""
+def check_record_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise :class:`SpikeFileError` unless a spike recording can be created at ``path``, or
+    :class:`ConfigError` when the overwrite rules (:mod:`spikelm.outputs`) forbid it."""
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
@@ -138,7 +140,7 @@ def check_record_path(path: str | os.PathLike[str]) -> Path:
         raise SpikeFileError(
             f"{path}: cannot record spikes there: directory {parent} is not writable"
         )
-    return path
+    return check_output(path, "recording", overwrite=overwrite, option="--record")
 
 
 def check_options(
@@ -146,13 +148,14 @@ def check_options(
     backend: str | None = None,
     device: str | torch.device = "cpu",
     record: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> torch.device:
     """Check the device, the backend name and the recording path; returns the device."""
     dev = check_device(device)
     if backend is not None:
         check_backend(backend, dev)
     if record is not None:
-        check_record_path(record)
+        check_record_path(record, overwrite=overwrite)
     return dev
 
 
@@ -328,6 +331,7 @@ def simulate(
     stop_ids: Collection[int] = (),
     return_logits: bool = False,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> SimulationResult:
     """Run ``model`` token by token over ``token_ids``, then generate ``new_tokens`` greedily.
 
@@ -339,13 +343,14 @@ def simulate(
     matching the ``fnmatch`` patterns ``layers`` are streamed to that file; it appears only when
     the run succeeds. ``return_logits`` keeps every step's logits (``[tokens, V]``, on the CPU).
     ``threads`` sets torch's intra-op CPU threads for the run (restored after): one token at a
-    time is a chain of small ops, for which a single thread is often fastest on a busy CPU.
+    time is a chain of small ops, for which a single thread is often fastest on a busy CPU. An
+    existing recording at ``record`` is replaced only with ``overwrite`` (never another file).
 
     Bad options raise :class:`ConfigError` / :class:`SpikeFileError` before any work is done; a
     model whose stepping does not reproduce its parallel forward raises :class:`ConfigError`
     (see :func:`check_stepping`) before anything is recorded.
     """
-    dev = check_options(backend=backend, device=device, record=record)
+    dev = check_options(backend=backend, device=device, record=record, overwrite=overwrite)
     spiking = spiking_layers(model)
     if not spiking:
         raise ConfigError(

@@ -20,9 +20,10 @@ from spikelm.adapters import TransformersAdapter, adapter_for_type
 from spikelm.calibrate import prepare
 from spikelm.checkpoint import save
 from spikelm.config import SpikeConfig
-from spikelm.convert import convert, spiking, w8a8
+from spikelm.convert import check_patterns, convert, spiking, w8a8
 from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fidelity import Score, compare, token_batches
+from spikelm.outputs import check_output
 from spikelm.simulate import SimulationResult
 
 
@@ -37,9 +38,12 @@ class ConversionResult:
     calib_tokens: int
 
 
-def load_source(src: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
+def load_source(
+    src: str | os.PathLike[str], *, allow_unused_weights: bool = False
+) -> tuple[nn.Module, Any]:
     """``(model, tokenizer or None)`` from a model directory (its family's adapter loads it) or a
-    Hugging Face hub id."""
+    Hugging Face hub id; tensors the architecture does not use are an error unless
+    ``allow_unused_weights``."""
     path = Path(src).expanduser()
     if (path / "spikelm.json").is_file():
         raise ConfigError(f"{path}: already a spiking checkpoint; convert its source model")
@@ -55,7 +59,7 @@ def load_source(src: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
     require_extra("hf", "transformers", f"{src}: loading Hugging Face checkpoints")
     from spikelm.hf import load_causal_lm
 
-    return load_causal_lm(src)
+    return load_causal_lm(src, allow_unused_weights=allow_unused_weights)
 
 
 def token_ids(
@@ -99,8 +103,20 @@ def convert_model(
     calib_windows: int = 32,
     eval_windows: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    source: str | os.PathLike[str] | None = None,
+    patterns: dict[str, Sequence[str]] | None = None,
 ) -> ConversionResult:
-    """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save."""
+    """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save.
+
+    ``out_dir`` follows :func:`spikelm.outputs.check_output` (``overwrite``; never the
+    ``source``), checked before any work. ``patterns`` maps an option name to user-given layer
+    patterns, each of which must match one of the model's linear layers.
+    """
+    sources = [] if source is None else [source]
+    check_output(out_dir, "checkpoint", overwrite=overwrite, sources=sources)
+    for option, given in (patterns or {}).items():
+        check_patterns(model, given, option)
     calib = _windows(calib_ids, seq_len, calib_windows, "calibration", batch_size=1)
     if calib is None and config.needs_calibration:
         raise ConfigError(
@@ -120,7 +136,7 @@ def convert_model(
         scores = compare(
             reference, {"W8A8 fake-quant": baseline, "spiking": spiking_model}, evaluation
         )
-    target = save(spiking_model, out_dir, tokenizer=tokenizer)
+    target = save(spiking_model, out_dir, tokenizer=tokenizer, overwrite=overwrite, sources=sources)
     return ConversionResult(
         target,
         config,
@@ -148,7 +164,10 @@ def _windows(
 
 
 def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> ConversionResult:
-    """Convert the built-in demo model with SpikingBrain's recipe and score it on its eval split."""
+    """Convert the built-in demo model with SpikingBrain's recipe and score it on its eval split.
+
+    Replaces its own earlier output (a spiking checkpoint), so the quick start can run twice.
+    """
     from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts
 
     tokenizer = ByteTokenizer()
@@ -161,6 +180,7 @@ def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> Conversio
         calib_ids=torch.tensor(tokenizer.encode(calib_text)),
         eval_ids=torch.tensor(tokenizer.encode(eval_text)),
         progress=progress,
+        overwrite=True,
     )
 
 
@@ -198,6 +218,7 @@ def simulate_checkpoint(
     layers: Sequence[str] = ("*",),
     progress: bool = True,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> CheckpointSimulation:
     """Load the spiking checkpoint ``directory`` and :func:`simulate` it on a text or a prompt.
 
@@ -215,7 +236,7 @@ def simulate_checkpoint(
         raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
     if new_tokens is not None and new_tokens < 0:
         raise ConfigError(f"new_tokens must be >= 0, got {new_tokens}")
-    check_options(backend=backend, device=device, record=record)
+    check_options(backend=backend, device=device, record=record, overwrite=overwrite)
     if text_file is not None:
         path = Path(text_file)
         try:
@@ -248,6 +269,7 @@ def simulate_checkpoint(
         progress=progress,
         stop_ids=_stop_ids(model) if new_tokens else (),
         threads=threads,
+        overwrite=overwrite,
     )
     return CheckpointSimulation(
         result, _decode(tokenizer, result.generated) if result.generated else None

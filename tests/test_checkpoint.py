@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_HYBRID
 
 import spikelm
-from spikelm.errors import SpikelmError
+from spikelm.errors import ConfigError, SpikelmError
 from spikelm.layers import SpikingLinear
 from spikelm.models import HybridLM
 
@@ -47,13 +47,45 @@ def test_round_trip_gives_identical_logits(converted, tmp_path) -> None:
     assert set(manifest["layers"]) == spiking_names == linears - {"lm_head"}
 
 
-def test_saving_over_an_existing_checkpoint_replaces_it_whole(converted, tmp_path) -> None:
+def test_saving_over_an_existing_checkpoint_needs_overwrite_and_replaces_it_whole(
+    converted, tmp_path
+) -> None:
     target = tmp_path / "ckpt"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
     spikelm.save(converted, target)
+    (target / "stale.txt").write_text("old")
+    with pytest.raises(ConfigError, match="already there; pass --overwrite"):
+        spikelm.save(converted, target)
+    assert (target / "stale.txt").read_text() == "old"
+    spikelm.save(converted, target, overwrite=True)
     assert not (target / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporaries left
+
+
+def test_saving_never_replaces_a_directory_spikelm_did_not_write(converted, tmp_path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="spikelm did not write"):
+            spikelm.save(converted, target, overwrite=overwrite)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert spikelm.save(converted, empty) == empty  # an empty directory loses nothing
+
+
+def test_files_honour_the_umask(converted, tmp_path) -> None:
+    import os
+    import stat
+
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
+        previous = os.umask(mask)
+        try:
+            out = spikelm.save(converted, tmp_path / f"ckpt-{mask:o}")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+        assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {file_mode}
 
 
 def test_not_a_spiking_checkpoint(tmp_path) -> None:

@@ -347,8 +347,8 @@ BAD_INPUTS = {
         "in the checkpoint but (32, 48) per the config",
         (),
     ),
-    "nan_in_activations": (
-        "NaN in calibration activations of layer 'model.layers.0.self_attn.q_proj'",
+    "nan_weight": (
+        "weight model.layers.0.input_layernorm.weight holds non-finite values",
         (),
     ),
     "empty_calibration_file": ("calib-empty.txt: no token ids in file", ()),
@@ -411,7 +411,7 @@ def _bad_sources(good: Path, root: Path) -> dict[str, list[str]]:
     tensors = load_file(nan / "model.safetensors")
     tensors["model.layers.0.input_layernorm.weight"][3] = float("nan")
     save_file(tensors, nan / "model.safetensors", metadata={"format": "pt"})
-    sources["nan_in_activations"] = (nan, "calib.txt")
+    sources["nan_weight"] = (nan, "calib.txt")
 
     sources["empty_calibration_file"] = (good, "calib-empty.txt")
     sources["calibration_shorter_than_seq_len"] = (good, "calib-short.txt")

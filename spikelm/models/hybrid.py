@@ -275,15 +275,13 @@ class HybridLM(nn.Module):
         Both files are first written into a temporary directory beside ``path``
         (:func:`spikelm.fileio.atomic_directory` with ``merge``). A new ``path`` is then created by
         one ``os.replace`` of that directory; into an existing ``path`` each file is moved by its
-        own ``os.replace`` (weights first), keeping any other files there. Files get mode 0o644, a
-        new directory 0o755. Nothing is left half-written on failure.
+        own ``os.replace`` (weights first), keeping any other files there. Files and a new directory get the
+        modes the umask gives. Nothing is left half-written on failure.
         """
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         try:
-            with atomic_directory(
-                path, merge=(WEIGHTS_NAME, CONFIG_NAME), file_mode=0o644, dir_mode=0o755
-            ) as tmp:
+            with atomic_directory(path, merge=(WEIGHTS_NAME, CONFIG_NAME)) as tmp:
                 save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
                 (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         except OSError as e:
