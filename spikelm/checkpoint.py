@@ -11,6 +11,7 @@ The directory is written beside its target and renamed into place (``spikelm.fil
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -169,7 +170,9 @@ def load(
             )
     tokenizer = None
     if model is None:
-        model, tokenizer = _adapter(path, manifest.get("source")).skeleton(path)
+        adapter = _adapter(path, manifest.get("source"))
+        _check_size(adapter, path, weights)
+        model, tokenizer = adapter.skeleton(path), adapter.tokenizer(path)
     for name, shape in manifest["layers"].items():
         try:
             model.get_submodule(name)
@@ -193,6 +196,36 @@ def load(
     model.eval()
     adapter_for(model).converted(model)
     return (model, tokenizer) if with_tokenizer else model
+
+
+def _check_size(adapter: Adapter, path: Path, weights: Path) -> None:
+    """Refuse a ``config.json`` describing a model far larger than the weights file before any
+    memory is allocated: the skeleton is first built on the ``meta`` device (shapes only), after
+    a look at its numbers (no size past 2^31, no more layers than stored tensors)."""
+    stored_count = len(_stored_tensors(weights))
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    for key, value in config.items() if isinstance(config, dict) else ():
+        layers = key in ("num_hidden_layers", "n_layers") and isinstance(value, int)
+        if isinstance(value, int) and (abs(value) > 2**31 or (layers and value > stored_count)):
+            raise CheckpointError(
+                f"{path / 'config.json'}: {key} = {value} does not fit the {stored_count} "
+                f"tensors of {weights.name}"
+            )
+    try:
+        with torch.device("meta"):
+            probe = adapter.skeleton(path)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path / 'config.json'}: bad model config ({one_line(error)})"
+        ) from error
+    tensors = {id(t): t for t in itertools.chain(probe.parameters(), probe.buffers())}
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    stored = weights.stat().st_size
+    if needed > 4 * stored + (1 << 20):  # float layers that the file holds as int8: 4x at most
+        raise CheckpointError(
+            f"{path / 'config.json'}: describes a model of {needed / 2**20:,.0f} MiB in floats, "
+            f"but {weights.name} holds {stored / 2**20:,.1f} MiB: config and weights do not match"
+        )
 
 
 def _stored_tensors(weights: Path) -> dict[str, tuple[str, list[int]]]:

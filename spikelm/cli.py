@@ -426,7 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a shell starting spikelm in the background ignores SIGINT for it; `kill -INT` must work
         signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed
+        return int(done.code or 0)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

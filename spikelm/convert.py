@@ -87,7 +87,7 @@ def spiking_layer(
         name=name,
     )
     weight = linear.weight if bool((divisor == 1).all()) else linear.weight.float() * divisor
-    weight_q, scale = quantize_weight(weight, config.weight_bits, config.group_size)
+    weight_q, scale = quantize_weight(weight, config.weight_bits, config.group_size, name=name)
     del weight
     layer.weight_q.copy_(weight_q)
     layer.weight_scale.copy_(scale)
@@ -151,6 +151,6 @@ def spiking(
 def w8a8(model: nn.Module, config: SpikeConfig) -> nn.Module:
     """The W8A8 fake-quant baseline of the same layers ``config`` would spike, in place."""
     for name, linear in target_linears(model, config).items():
-        quantized = W8A8Linear(linear, config.weight_bits, config.group_size)
+        quantized = W8A8Linear(linear, config.weight_bits, config.group_size, name=name)
         _set_submodule(model, name, quantized.to(linear.weight.device))
     return model

@@ -372,11 +372,13 @@ def _read_npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
             raise ValueError(f"unsupported .npy format version {major}")
         # a 3.0 header differs from 2.0 only in being UTF-8, which no integer dtype needs
         if major == 1:
-            return np.lib.format.read_array_header_1_0(fh)
-        return np.lib.format.read_array_header_2_0(fh)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fh)
     except Exception as exc:  # numpy parses the header with tokenize, ast and np.dtype: each
         # raises its own exception types (ValueError, SyntaxError, TokenError, ...) on bad input
         raise ConfigError(f"{fh.name}: not a readable .npy file: {one_line(exc)}") from exc
+    return tuple(int(n) for n in shape), fortran_order, dtype  # a bool dim is a valid int
 
 
 def _read_text_ids(path: Path) -> list[torch.Tensor]:

@@ -44,7 +44,7 @@ def load_source(
     """``(model, tokenizer or None)`` from a model directory (its family's adapter loads it) or a
     Hugging Face hub id; tensors the architecture does not use are an error unless
     ``allow_unused_weights``."""
-    path = Path(src).expanduser()
+    path = Path(os.path.expanduser(src))
     if (path / "spikelm.json").is_file():
         raise ConfigError(f"{path}: already a spiking checkpoint; convert its source model")
     config_file = path / "config.json"

@@ -160,7 +160,7 @@ def test_read_token_range_and_chunks(tmp_path):
     path = tmp_path / "rec.h5"
     dense = write_recording(path)["blocks.0.q"]
     with SpikeReader(path) as reader:
-        for a, b in [(0, 0), (2, 5), (5, 6), (3, 12), (0, 12)]:
+        for a, b in [(2, 5), (5, 6), (3, 12), (0, 12)]:
             train = reader.read("blocks.0.q", slice(a, b))
             assert train.tokens == range(a, b)
             assert set(train.token) <= set(range(a, b))

@@ -48,12 +48,16 @@ class Adapter:
         """``(model in eval mode, tokenizer or None)`` from a source checkpoint directory."""
         raise ConfigError(f"{path}: a plain nn.Module cannot be loaded from a directory")
 
-    def skeleton(self, path: Path) -> tuple[nn.Module, Any]:
-        """``(model, tokenizer or None)`` built from ``path/config.json``, weights not loaded."""
+    def skeleton(self, path: Path) -> nn.Module:
+        """The model built from ``path/config.json`` (eval mode), weights not loaded."""
         raise ConfigError(
             f"{path}: the checkpoint holds a plain nn.Module; pass the architecture: "
             "load(dir, model=...)"
         )
+
+    def tokenizer(self, path: Path) -> Any:
+        """The tokenizer saved in ``path``, or ``None``."""
+        return None
 
     def save_config(self, model: nn.Module, directory: Path) -> None:
         """Write what :meth:`skeleton` needs into ``directory`` (nothing for a plain module)."""

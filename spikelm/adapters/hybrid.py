@@ -34,15 +34,20 @@ class HybridAdapter(Adapter):
 
         return HybridLM.from_pretrained(path).eval(), ByteTokenizer()
 
-    def skeleton(self, path: Path) -> tuple[nn.Module, Any]:
-        from spikelm.models import ByteTokenizer, HybridConfig, HybridLM
+    def skeleton(self, path: Path) -> nn.Module:
+        from spikelm.models import HybridConfig, HybridLM
 
         config_file = path / "config.json"
         try:
             data = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{config_file}: unreadable model config ({error})") from error
-        return HybridLM(HybridConfig.from_dict(data)), ByteTokenizer()
+        return HybridLM(HybridConfig.from_dict(data)).eval()
+
+    def tokenizer(self, path: Path) -> Any:
+        from spikelm.models import ByteTokenizer
+
+        return ByteTokenizer()
 
     def save_config(self, model: nn.Module, directory: Path) -> None:
         (directory / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))

@@ -40,11 +40,16 @@ class TransformersAdapter(Adapter):
 
         return load_causal_lm(path)
 
-    def skeleton(self, path: Path) -> tuple[nn.Module, Any]:
+    def skeleton(self, path: Path) -> nn.Module:
         require_extra("hf", "transformers", f"{path}: a {self.name} checkpoint")
-        from spikelm.hf import load_tokenizer, model_from_config
+        from spikelm.hf import model_from_config
 
-        return model_from_config(path), load_tokenizer(path)
+        return model_from_config(path)
+
+    def tokenizer(self, path: Path) -> Any:
+        from spikelm.hf import load_tokenizer
+
+        return load_tokenizer(path)
 
     def save_config(self, model: nn.Module, directory: Path) -> None:
         model.config.save_pretrained(directory)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,12 @@ class HybridConfig:
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
-        if self.layer_types is None:
+        if self.layer_types is None and isinstance(self.n_layers, int):
             self.layer_types = [LAYER_TYPES[i % 2] for i in range(self.n_layers)]
+        if not isinstance(self.layer_types, (list, tuple)) or not all(
+            isinstance(t, str) for t in self.layer_types
+        ):
+            raise ConfigError(f"layer_types must be a list of strings, got {self.layer_types!r}")
         self.layer_types = list(self.layer_types)
         if self.model_type != MODEL_TYPE:
             raise ConfigError(f"model_type is {self.model_type!r}, expected {MODEL_TYPE!r}")
@@ -88,9 +93,9 @@ class HybridConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("rope_theta", "rms_eps", "gate_logit_normalizer"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not _number(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if not _number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even (RoPE), got {self.head_dim}")
@@ -115,6 +120,11 @@ class HybridConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+def _number(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class HybridState(NamedTuple):

@@ -11,7 +11,14 @@ h5py is imported by the writer and the reader only when used, so importing this 
 :class:`SpikeTrain` and :func:`as_spike_array` need nothing but numpy.
 """
 
-from spikelm.spikes.format import CHUNK_EVENTS, CHUNK_TOKENS, FORMAT, MAX_STEPS, VERSION
+from spikelm.spikes.format import (
+    CHUNK_EVENTS,
+    CHUNK_TOKENS,
+    FORMAT,
+    MAX_NEURONS,
+    MAX_STEPS,
+    VERSION,
+)
 from spikelm.spikes.reader import LayerInfo, SpikeReader, open_spikes
 from spikelm.spikes.train import SpikeTrain, as_spike_array
 from spikelm.spikes.writer import SpikeWriter
@@ -20,6 +27,7 @@ __all__ = [
     "CHUNK_EVENTS",
     "CHUNK_TOKENS",
     "FORMAT",
+    "MAX_NEURONS",
     "MAX_STEPS",
     "VERSION",
     "LayerInfo",

@@ -19,6 +19,9 @@ CHUNK_TOKENS = 1 << 14
 MAX_STEPS = 1 << 16
 """Largest T a file can hold: ``t`` is stored as uint16."""
 
+MAX_NEURONS = (1 << 31) - 1
+"""Largest N a file can hold: ``neuron`` is stored as int32."""
+
 FIELDS = ("token", "t", "neuron", "polarity")
 """The event columns, in :class:`~spikelm.spikes.SpikeTrain` and in each layer group."""
 

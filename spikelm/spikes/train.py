@@ -59,6 +59,12 @@ def _index_column(values: Any, name: str, low: int, high: int) -> np.ndarray:
     return arr.astype(_MEMORY_DTYPES[name], copy=False)
 
 
+def _increasing(token: np.ndarray, t: np.ndarray, neuron: np.ndarray) -> np.ndarray:
+    """Whether each event comes strictly after the one before in (token, t, neuron) order."""
+    d_token, d_t, d_neuron = np.diff(token), np.diff(t), np.diff(neuron)
+    return (d_token > 0) | ((d_token == 0) & ((d_t > 0) | ((d_t == 0) & (d_neuron > 0))))
+
+
 @dataclass(eq=False)
 class SpikeTrain:
     """Spike events of one layer over a range of tokens; one row per non-zero spike.
@@ -105,13 +111,11 @@ class SpikeTrain:
             )
         if (self.polarity == 0).any():
             raise CountRangeError(f"SpikeTrain {self.layer!r}: polarity must be +1 or -1, found 0")
-        key = (self.token - self.tokens.start) * (self.steps * self.n_neurons)
-        key += self.t.astype(np.int64) * self.n_neurons + self.neuron
-        if (np.diff(key) <= 0).any():
-            order = np.argsort(key, kind="stable")
+        if not _increasing(self.token, self.t, self.neuron).all():
+            order = np.lexsort((self.neuron, self.t, self.token))
             for name in FIELDS:
                 setattr(self, name, getattr(self, name)[order])
-            if (np.diff(key[order]) == 0).any():
+            if not _increasing(self.token, self.t, self.neuron).all():
                 raise ShapeError(f"SpikeTrain {self.layer!r}: an event (token, t, neuron) repeats")
 
     @classmethod
@@ -142,12 +146,21 @@ class SpikeTrain:
     def to_dense(self, tokens: range | None = None) -> np.ndarray:
         """Dense int8 ``[len(tokens), T, N]`` spikes; row i is token ``tokens[i]``.
 
-        ``tokens`` defaults to the train's own range; events outside it are left out.
+        ``tokens`` defaults to the train's own range; events outside it are left out. An array
+        too large to allocate raises :class:`~spikelm.errors.ShapeError`.
         """
         tokens = self.tokens if tokens is None else tokens
         if tokens.step != 1:
             raise ShapeError("to_dense: tokens must be a range with step 1")
-        out = np.zeros((len(tokens), self.steps, self.n_neurons), dtype=np.int8)
+        shape = (len(tokens), self.steps, self.n_neurons)
+        try:
+            out = np.zeros(shape, dtype=np.int8)
+        except MemoryError:
+            raise ShapeError(
+                f"SpikeTrain {self.layer!r}: dense int8 spikes {list(shape)} "
+                f"({np.prod(shape, dtype=float):.3g} bytes) do not fit in memory; "
+                "convert fewer tokens at a time"
+            ) from None
         rows = slice(*np.searchsorted(self.token, [tokens.start, tokens.stop]))
         out[self.token[rows] - tokens.start, self.t[rows], self.neuron[rows]] = self.polarity[rows]
         return out

@@ -17,6 +17,7 @@ from spikelm.spikes.format import (
     CHUNK_TOKENS,
     DISK_DTYPES,
     FORMAT,
+    MAX_NEURONS,
     MAX_STEPS,
     VERSION,
 )
@@ -184,8 +185,10 @@ class SpikeWriter:
             raise ConfigError(f"{self.path}: layer {name!r} was already added")
         if steps is None or not 1 <= steps <= MAX_STEPS:
             raise ConfigError(f"layer {name!r}: steps must be in [1, {MAX_STEPS}], got {steps}")
-        if not 1 <= n_neurons < 2**31:
-            raise ConfigError(f"layer {name!r}: n_neurons must be in [1, 2**31), got {n_neurons}")
+        if not 1 <= n_neurons <= MAX_NEURONS:
+            raise ConfigError(
+                f"layer {name!r}: n_neurons must be in [1, {MAX_NEURONS}], got {n_neurons}"
+            )
         group = self._layers_group.create_group(name)
         group.attrs.update({"n_neurons": int(n_neurons), "steps": int(steps)})
         if coding is not None:
@@ -230,7 +233,11 @@ class SpikeWriter:
         state.add(train)
 
     def close(self) -> None:
-        """Flush, mark the file complete, sync it and move it to ``path``. Idempotent."""
+        """Flush, mark the file complete, sync it and move it to ``path``. Idempotent.
+
+        An OS error (disk full, ``path`` a directory, ...) becomes
+        :class:`~spikelm.errors.SpikeFileError`; either way the temporary file is deleted.
+        """
         if self._file is None:
             return
         try:
@@ -245,8 +252,12 @@ class SpikeWriter:
             finally:
                 os.close(fd)
             os.replace(self._tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            if isinstance(exc, OSError) and not isinstance(exc, SpikeFileError):
+                raise SpikeFileError(
+                    f"{self.path}: cannot write the spike file: {one_line(exc)}"
+                ) from exc
             raise
         self._file = None
 
