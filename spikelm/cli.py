@@ -89,9 +89,7 @@ def _cmd_raster(args: argparse.Namespace) -> int:
         layers = args.layer or list(reader.layers)
         trains = {}
         for layer in layers:
-            train = reader.read(layer, tokens=args.tokens)
-            dense = train.to_dense()  # [tokens, T, N]
-            trains[layer] = dense.reshape(-1, dense.shape[-1])
+            trains[layer] = reader.read(layer, tokens=args.tokens)  # drawn from its events
     path = raster(trains, args.out, title=f"{args.file}")
     print(f"wrote {path}")
     return 0
@@ -253,6 +251,55 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spikelm.outputs import check_output
+    from spikelm.report import DEFAULT_MODELS
+    from spikelm.workflow import report
+
+    if args.format == "html":
+        from spikelm.errors import require_extra
+
+        require_extra("plot", "matplotlib", "spikelm report --format html")
+    if args.out is not None:
+        check_output(args.out, "report", overwrite=args.overwrite, sources=[args.src])
+    result = report(
+        args.src,
+        models=args.energy or DEFAULT_MODELS,
+        text_file=args.text,
+        prompt=args.prompt,
+        new_tokens=args.tokens,
+        max_tokens=args.max_tokens,
+        backend=args.backend,
+        sweep_file=args.sweep,
+    )
+    text = _report_text(result, args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    from spikelm.fileio import atomic_file
+
+    with atomic_file(args.out) as staging:
+        staging.write_text(text, encoding="utf-8")
+    print(f"wrote {args.format} report to {args.out}")
+    return 0
+
+
+def _report_text(result, form: str) -> str:
+    import json
+
+    from spikelm.report.formats import to_data, to_markdown, to_table
+
+    if form == "json":
+        return json.dumps(to_data(result), indent=1) + "\n"
+    if form == "md":
+        return to_markdown(result)
+    if form == "html":
+        from spikelm.report.html import to_html
+
+        return to_html(result)
+    return to_table(result)
+
+
 def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     from spikelm.encoders import CODERS
 
@@ -383,6 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="fnmatch pattern of layers to record (repeatable; default all)",
     )
     simulate.set_defaults(handler=_cmd_simulate)
+
+    report = commands.add_parser(
+        "report", help="energy and sparsity of a spiking checkpoint's run or of a recording"
+    )
+    report.add_argument("src", metavar="SRC", help="spiking checkpoint directory or recording .h5")
+    given = report.add_mutually_exclusive_group()
+    given.add_argument("--text", metavar="FILE", help="text file fed token by token")
+    given.add_argument("--prompt", metavar="STR", help="prompt to continue")
+    report.add_argument("--tokens", type=_count(0), default=None, metavar="N",
+                        help="new tokens to generate (default 0 with --text, 32 with --prompt)")  # fmt: skip
+    report.add_argument("--max-tokens", type=_count(1), default=None, metavar="N",
+                        help="use only the first N input tokens")  # fmt: skip
+    report.add_argument("--backend", default=None, help="spiking backend (default the model's)")
+    report.add_argument(
+        "--energy",
+        action="append",
+        metavar="MODEL|PROFILE.json",
+        help="energy model name or hardware profile file (repeatable; default spikingbrain, "
+        "horowitz45, lemaire; known: spikingbrain, horowitz45[-int8|-fp16|-fp32], lemaire, "
+        "loihi, truenorth, spinnaker2, odin, darwin3)",
+    )
+    report.add_argument("--format", default="table", choices=["table", "json", "md", "html"])
+    report.add_argument("--sweep", metavar="FILE.json", help="k sweep for the trade-off plot")
+    report.add_argument("--out", metavar="FILE", help="write the report here (default: stdout)")
+    report.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    report.set_defaults(handler=_cmd_report)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 An output never replaces anything spikelm did not write. A target that does not exist (or an
 empty directory, for directory outputs) is written. An existing spikelm output of the same kind
-(a spiking checkpoint, a spike recording, a raster plot) is replaced only with
+(a spiking checkpoint, a spike recording, a raster plot, a report) is replaced only with
 ``overwrite=True`` (``--overwrite``). Anything else is refused with one line saying why: a file
 or directory of another kind, a non-empty directory spikelm did not write, the source itself, a
 directory that contains the source, and the working directory or one of its parents (``.``,
@@ -21,6 +21,8 @@ from spikelm.spikes.format import FORMAT as RECORDING_FORMAT
 
 PLOT_MARKER = b"spikelm raster"
 """Written into every plot's metadata (PNG text chunk), so a later run can tell it is spikelm's."""
+REPORT_MARKER = b"spikelm report"
+"""The generator named at the top of every report file (JSON, Markdown, HTML)."""
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -45,20 +47,26 @@ def _is_recording(path: Path) -> bool:
         return False
 
 
-def _is_plot(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as handle:
-            return PLOT_MARKER in handle.read(1 << 16)
-    except OSError:
-        return False
+def _marked(marker: bytes) -> Callable[[Path], bool]:
+    """A test that a file carries ``marker`` in its first 64 KiB (its metadata or header)."""
+
+    def test(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            with open(path, "rb") as handle:
+                return marker in handle.read(1 << 16)
+        except OSError:
+            return False
+
+    return test
 
 
 KINDS: dict[str, tuple[str, bool, Callable[[Path], bool]]] = {
     "checkpoint": ("a spiking checkpoint", True, _is_checkpoint),
     "recording": ("a spike recording", False, _is_recording),
-    "plot": ("a spikelm plot", False, _is_plot),
+    "plot": ("a spikelm plot", False, _marked(PLOT_MARKER)),
+    "report": ("a spikelm report", False, _marked(REPORT_MARKER)),
 }
 """kind -> (description, is a directory, test that an existing path is spikelm's of that kind)."""
 
@@ -72,7 +80,8 @@ def check_output(
     option: str = "--out",
 ) -> Path:
     """Raise :class:`ConfigError` unless ``path`` may be written as an output of ``kind``
-    (``checkpoint``, ``recording`` or ``plot``) under the rules above; returns ``path``.
+    (``checkpoint``, ``recording``, ``plot`` or ``report``) under the rules above; returns
+    ``path``.
 
     ``sources`` are the inputs of the command (never replaced, nor any directory holding one);
     ``option`` names the command-line option in the messages.

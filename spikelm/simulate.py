@@ -37,6 +37,7 @@ from spikelm.adapters import Adapter, adapter_for
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
+from spikelm.estimators.dense import dense_linears, query_heads, state_macs
 from spikelm.layers import SpikingLinear, probed, spiking_layers
 from spikelm.outputs import check_output
 
@@ -45,6 +46,8 @@ CHECK_TOKENS = 16
 """Input tokens whose step logits are held to the parallel forward's before a simulation."""
 CHECK_TOLERANCE = 1e-3
 """Largest step-vs-parallel logit deviation allowed, relative to the largest logit magnitude."""
+PHASES = ("prefill", "decode")
+"""The input tokens fed one by one, then the generated tokens fed back."""
 FLUSH_TOKENS = 64
 """Tokens of counts a recorded layer buffers before encoding them and appending to the file."""
 
@@ -74,6 +77,14 @@ class SimulationResult:
     recorded_layers: tuple[str, ...] = ()
     compile_seconds: float = 0.0
     logits: torch.Tensor | None = field(default=None, repr=False)
+    phase_stats: dict[str, dict[str, SpikeStats]] = field(default_factory=dict, repr=False)
+    """``prefill`` (the input tokens) and ``decode`` (generated tokens fed back) apart."""
+    token_events: list[int] = field(default_factory=list, repr=False)
+    """Spike events of every spiking layer together, per token fed."""
+    mixer_macs: dict[str, int] = field(default_factory=dict, repr=False)
+    """Estimated dense MACs of attention and recurrences per phase (``estimators.dense``)."""
+    dense_linears: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    """``(in, out)`` of every linear layer left dense (the head, kept-dense layers)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -174,20 +185,35 @@ class _LayerProbe:
         self.coder = get_coder(layer.coding)
         self.steps = layer.steps
         self.n_neurons = layer.in_features
-        self.stats = SpikeStats(steps=layer.steps)
+        self.phase = PHASES[0]
+        self.phase_stats = {phase: SpikeStats(steps=layer.steps) for phase in PHASES}
+        self.token_events: list[int] = []  # spike events of each token fed, in order
         self.record = record
         self.rows: list[torch.Tensor] = []  # every counted row since the last flush
+        self.row_tokens: list[int] = []  # rows counted for each token since the last flush
         self.current: torch.Tensor | None = None  # the recorded row of the token in progress
         self.pending: list[torch.Tensor] = []  # recorded rows of finished tokens
         self.tokens = 0  # tokens since the last flush
+        self.calls = 0  # rows counted during the token in progress
+
+    @property
+    def stats(self) -> SpikeStats:
+        """Both phases pooled."""
+        prefill, decode = (self.phase_stats[phase] for phase in PHASES)
+        pooled = prefill.merge(decode)
+        pooled.tokens = prefill.tokens + decode.tokens
+        return pooled
 
     def __call__(self, layer: SpikingLinear, counts: torch.Tensor) -> None:
         counts = counts.detach()
         if counts.shape[0]:
             self.rows.append(counts)
             self.current = counts[-1:]
+            self.calls += counts.shape[0]
 
     def end_token(self, writer: Any) -> None:
+        self.row_tokens.append(self.calls)
+        self.calls = 0
         if self.record:
             row = self.current
             if row is None:  # not called during this token: silent
@@ -200,12 +226,20 @@ class _LayerProbe:
 
     def flush(self, writer: Any) -> None:
         if self.rows:
-            self.stats.update(torch.cat(self.rows), self.coder)
+            rows = torch.cat(self.rows)
+            self.phase_stats[self.phase].update(rows, self.coder)
+            per_row = self.coder.events(rows.to(torch.int64), self.steps).sum(dim=1)
+            ends = torch.tensor(self.row_tokens).cumsum(0)
+            starts = ends - torch.tensor(self.row_tokens)
+            per_row = torch.cat([torch.zeros(1, dtype=per_row.dtype), per_row.cumsum(0)])
+            self.token_events += (per_row[ends] - per_row[starts]).tolist()
+        else:
+            self.token_events += [0] * len(self.row_tokens)
         if self.pending:
             counts = torch.cat([row.to(torch.int64).cpu() for row in self.pending])
             spikes = self.coder.encode(counts, self.steps)  # [T, tokens, N]
             writer.append(self.name, spikes.permute(1, 0, 2).numpy())
-        self.rows, self.pending, self.tokens = [], [], 0
+        self.rows, self.row_tokens, self.pending, self.tokens = [], [], [], 0
 
 
 # --- the stepping check -------------------------------------------------------------------------
@@ -394,10 +428,13 @@ def simulate(
         start = time.perf_counter()
         state = adapter.init_state(model, 1)
         tokens = 0
+        heads = query_heads(model)
+        mixer_macs = dict.fromkeys(PHASES, 0)
 
         def feed(token: torch.Tensor) -> torch.Tensor:
             nonlocal state, tokens
             logits, state = adapter.step(model, token, state)
+            mixer_macs[PHASES[tokens >= len(ids)]] += state_macs(state, heads)
             for probe in probes.values():
                 probe.end_token(writer)
             if return_logits:
@@ -408,6 +445,9 @@ def simulate(
 
         for t in range(len(ids)):
             logits = feed(ids[t : t + 1])
+        for probe in probes.values():
+            probe.flush(writer)
+            probe.phase = PHASES[1]
         while len(generated) < new_tokens:
             generated.append(int(logits.argmax(-1)))
             if len(generated) == new_tokens or generated[-1] in stop:
@@ -420,6 +460,9 @@ def simulate(
         seconds = time.perf_counter() - start
     layer_stats = {name: probe.stats for name, probe in probes.items()}
     pooled = summarize(layer_stats.values())
+    token_events = [
+        sum(events) for events in zip(*(p.token_events for p in probes.values()), strict=True)
+    ]
     return SimulationResult(
         tokens=tokens,
         input_tokens=len(ids),
@@ -435,6 +478,13 @@ def simulate(
         record=Path(record) if record is not None else None,
         recorded_layers=tuple(recorded),
         logits=torch.stack(kept) if return_logits else None,
+        phase_stats={
+            phase: {name: probe.phase_stats[phase] for name, probe in probes.items()}
+            for phase in PHASES
+        },
+        token_events=token_events,
+        mixer_macs=mixer_macs,
+        dense_linears=dense_linears(model),
     )
 
 

@@ -24,6 +24,7 @@ from spikelm.convert import check_patterns, convert, spiking, w8a8
 from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fidelity import Score, compare, token_batches
 from spikelm.outputs import check_output
+from spikelm.report import Report, build
 from spikelm.simulate import SimulationResult
 
 
@@ -190,6 +191,7 @@ class CheckpointSimulation:
 
     result: SimulationResult
     text: str | None
+    model: nn.Module
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:
@@ -272,5 +274,87 @@ def simulate_checkpoint(
         overwrite=overwrite,
     )
     return CheckpointSimulation(
-        result, _decode(tokenizer, result.generated) if result.generated else None
+        result, _decode(tokenizer, result.generated) if result.generated else None, model
     )
+
+
+def report(
+    source: str | os.PathLike[str],
+    *,
+    models: Sequence[str],
+    text_file: str | os.PathLike[str] | None = None,
+    prompt: str | None = None,
+    new_tokens: int | None = None,
+    max_tokens: int | None = None,
+    backend: str | None = None,
+    sweep_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Report:
+    """The energy and sparsity report of a spiking checkpoint run on a text or a prompt, or of a
+    spike recording (``.h5``). Energy model names are checked before anything runs."""
+    from spikelm.estimators.energy import get_energy_model
+
+    for name in models:
+        get_energy_model(name)
+    sweep = read_sweep(sweep_file) if sweep_file is not None else None
+    path = Path(source)
+    if path.is_file():
+        if text_file is not None or prompt is not None:
+            raise ConfigError(f"{path}: a recording is reported as recorded; drop --text/--prompt")
+        from spikelm.estimators.accounting import from_recording
+
+        account, levels, meta = from_recording(path)
+        return build(
+            account, source=str(path), levels=levels, models=models, meta=meta, sweep=sweep
+        )
+    run = simulate_checkpoint(
+        path,
+        text_file=text_file,
+        prompt=prompt,
+        new_tokens=new_tokens,
+        max_tokens=max_tokens,
+        backend=backend,
+        progress=progress,
+    )
+    from spikelm.encoders import get_coder
+    from spikelm.estimators.accounting import from_simulation
+
+    config = run.model._spikelm_config
+    low, high = get_coder(config.coding).count_range(config.steps)
+    meta = {"coding": config.coding, "steps": config.steps, "k": config.k,
+            "threshold": config.threshold, "backend": run.result.backend,
+            "input_tokens": run.result.input_tokens, "generated": len(run.result.generated)}  # fmt: skip
+    return build(
+        from_simulation(run.result, run.model),
+        source=str(path),
+        levels=high - low + 1,
+        models=models,
+        meta=meta,
+        sweep=sweep,
+    )
+
+
+SWEEP_KEYS = ("k", "perplexity", "sparsity", "energy_ratio")
+
+
+def read_sweep(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """A k sweep for the report's trade-off plot: a JSON list of objects with the numbers
+    ``k``, ``perplexity``, ``sparsity`` and ``energy_ratio`` (SNN energy / FP16 ANN)."""
+    import math
+
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable JSON sweep ({error})") from error
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(f"{path}: a sweep is a non-empty JSON list of objects")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}: entry {index} is not an object")
+        for key in SWEEP_KEYS:
+            value = row.get(key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value):
+                raise ConfigError(f"{path}: entry {index}: {key} must be a finite number")
+    return [{key: float(row[key]) for key in SWEEP_KEYS} for row in rows]

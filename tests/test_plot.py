@@ -7,8 +7,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from spikelm.errors import CountRangeError, ShapeError  # noqa: E402
+from spikelm.errors import ConfigError, CountRangeError, ShapeError  # noqa: E402
+from spikelm.outputs import PLOT_MARKER  # noqa: E402
 from spikelm.plot import raster  # noqa: E402
+from spikelm.spikes import SpikeTrain  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,3 +42,28 @@ def test_raster_rejects_bad_input(tmp_path):
     with pytest.raises(ShapeError, match=r"\[T, N\]"):
         raster({"x": np.zeros((2, 2, 2))}, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_raster_of_spike_trains_matches_the_dense_panels(tmp_path):
+    from matplotlib.image import imread
+
+    dense = codings()["ternary"][None].repeat(3, axis=0)  # 3 tokens of [T, N]
+    train = SpikeTrain.from_dense(dense, layer="q", token_offset=7)
+    events = raster({"q": train}, tmp_path / "events.png")
+    flat = raster({"q": dense.reshape(-1, dense.shape[-1])}, tmp_path / "dense.png")
+    np.testing.assert_array_equal(imread(events), imread(flat))
+    assert PLOT_MARKER in events.read_bytes()
+
+
+def test_raster_output_path_and_empty_panels(tmp_path):
+    spikes = codings()
+    with pytest.raises(ConfigError, match=r"raster output .* \(--out\): is a directory"):
+        raster(spikes, tmp_path)
+    with pytest.raises(ConfigError, match=r"\(--out\): directory .*missing does not exist"):
+        raster(spikes, tmp_path / "missing" / "x.png")
+    with pytest.raises(ShapeError, match=r"'none': nothing to draw in spikes \[0, 4\]"):
+        raster({"none": np.zeros((0, 4), dtype=np.int8)}, tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+    # names are drawn as text: no mathtext error for "$"
+    raster({"a $\\frac$ b": spikes["binary"]}, tmp_path / "x.png", title="$$ file $")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]

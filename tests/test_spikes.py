@@ -18,7 +18,15 @@ from spikelm.errors import (
     ShapeError,
     SpikeFileError,
 )
-from spikelm.spikes import VERSION, SpikeReader, SpikeTrain, SpikeWriter, open_spikes
+from spikelm.spikes import (
+    MAX_NEURONS,
+    MAX_STEPS,
+    VERSION,
+    SpikeReader,
+    SpikeTrain,
+    SpikeWriter,
+    open_spikes,
+)
 
 
 def random_spikes(shape: tuple[int, ...], density: float, seed: int = 0) -> np.ndarray:
@@ -114,6 +122,21 @@ def test_to_dense_of_a_sub_range():
     dense = random_spikes((6, 2, 3), 0.6)
     train = SpikeTrain.from_dense(dense, token_offset=10)
     np.testing.assert_array_equal(train.to_dense(range(12, 15)), dense[2:5])
+
+
+def test_canonical_order_of_the_largest_shapes():
+    # (token, t, neuron) order must not overflow where tokens * T * N exceeds int64
+    train = SpikeTrain([2**16, 0], [0, 0], [0, 0], [1, -1], "l", MAX_NEURONS, MAX_STEPS)
+    np.testing.assert_array_equal(train.token, [0, 2**16])
+    np.testing.assert_array_equal(train.polarity, [-1, 1])
+    with pytest.raises(ShapeError, match="repeats"):
+        SpikeTrain([2**16, 2**16], [5, 5], [7, 7], [1, 1], "l", MAX_NEURONS, MAX_STEPS)
+
+
+def test_to_dense_that_cannot_be_allocated():
+    train = SpikeTrain([0], [0], [0], [1], "big", n_neurons=MAX_NEURONS, steps=MAX_STEPS)
+    with pytest.raises(ShapeError, match=r"'big': dense int8 spikes \[1, 65536, 2147483647\]"):
+        train.to_dense()
 
 
 # --- HDF5 files ------------------------------------------------------------------------------
@@ -335,5 +358,150 @@ def test_failures_outside_the_with_block_leave_no_partial_file(tmp_path):
     target.mkdir()
     with pytest.raises(OSError):
         with SpikeWriter(target) as writer:  # the final rename onto a directory fails
+            writer.append("a", random_spikes((2, 2, 2), 0.5))
+    assert [p.name for p in tmp_path.iterdir()] == ["is-a-dir"]
+
+
+def test_token_ranges_must_be_non_empty_and_inside_the_layer(tmp_path):
+    path = tmp_path / "rec.h5"
+    write_recording(path)
+    with SpikeReader(path) as reader:
+        for tokens, problem in [
+            (slice(3, 3), "3:3 (--tokens): it is empty"),
+            (slice(5, 2), "5:2 (--tokens): it is reversed"),
+            (slice(100, 200), "100:200 (--tokens): it is outside 0:12"),
+            (slice(-20, None), "-20: (--tokens): it is outside 0:12"),
+            (range(5, 13), "5:13 (--tokens): it is outside 0:12"),
+            (range(0, 6, 2), "0:6 (--tokens): it has step 2"),
+        ]:
+            with pytest.raises(ConfigError) as info:
+                reader.read("blocks.0.q", tokens)
+            assert str(info.value) == (
+                f"{path}: layer 'blocks.0.q' has 12 tokens; cannot read token range {problem}"
+                + ("; only consecutive tokens can be read" if "step" in problem else "")
+            )
+        with pytest.raises(ConfigError, match="slice of integers"):
+            reader.read("blocks.0.q", slice(0.5, 2))
+        with pytest.raises(ConfigError, match="layers: 'blocks.0.up', 'blocks.0.q'"):
+            reader.info("nope")
+        assert reader.read("blocks.0.q", slice(-2, None)).tokens == range(10, 12)
+
+
+def _altered(path: Path, change) -> Path:
+    write_recording(path)
+    with h5py.File(path, "r+") as f:
+        change(f)
+    return path
+
+
+def _set(name: str, key: str, value):
+    def change(f: h5py.File) -> None:
+        f[name].attrs[key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            _set("layers/blocks.0.q", "n_neurons", 2**50),
+            r"layer 'blocks.0.q': attribute 'n_neurons' must be an integer in "
+            r"\[1, 2147483647\], found 1125899906842624",
+        ),
+        (_set("layers/blocks.0.q", "n_neurons", -4), "'n_neurons' must be .* found -4"),
+        (
+            _set("layers/blocks.0.q", "steps", 0),
+            "'steps' must be an integer in .1, 65536., found 0",
+        ),
+        (_set("layers/blocks.0.q", "steps", 3.0), "'steps' must be .* found 3.0"),
+        (_set("layers/blocks.0.q", "steps", "3"), "'steps' must be .* found '3'"),
+        (_set("layers/blocks.0.q", "steps", [3, 3]), r"'steps' must be .* found array\(\[3, 3\]\)"),
+        (_set("layers/blocks.0.q", "coding", 7), "attribute 'coding' must be a string, found 7"),
+        (_set("/", "version", True), "version True is not supported"),
+        (_set("/", "version", 1.0), "version 1.0 is not supported"),
+        (_set("/", "complete", "yes"), r"incomplete spike file \(complete flag 'yes'"),
+        (_set("/", "format", np.array(["spikelm.spikes"] * 2, dtype="S")), "not a spikelm"),
+        (
+            lambda f: f["layers/blocks.0.q/token_ptr"].resize((10**15,)),
+            "layer 'blocks.0.q': dataset 'token_ptr' claims 1000000000000000 rows, "
+            "the file holds at most 16384",
+        ),
+        (
+            lambda f: f["layers/blocks.0.up/t"].resize((10**6,)),
+            "dataset 't' claims 1000000 rows, the file holds at most 65536",
+        ),
+        (
+            lambda f: _replace(f["layers/blocks.0.q"], "neuron", np.zeros(3, dtype="f4")),
+            "dataset 'neuron' must be 1-D int32, found float32 \\(3,\\)",
+        ),
+        (
+            lambda f: _replace(f["layers/blocks.0.q"], "t", np.zeros((2, 2), dtype="u2")),
+            "dataset 't' must be 1-D uint16, found uint16 \\(2, 2\\)",
+        ),
+        (
+            lambda f: f["layers/blocks.0.q/token_ptr"].resize((0,)),
+            "token_ptr must run from 0 to the number of events .* found nothing",
+        ),
+        (lambda f: f["layers"].create_group("x/y"), "layer 'x' is missing dataset 'token'"),
+        (lambda f: f["layers"].create_dataset("z", data=[1]), "layer 'z' is not a group"),
+        (
+            lambda f: f["layers"].__setitem__("ghost", h5py.SoftLink("/nowhere")),
+            "layer 'ghost' is not a group",
+        ),
+    ],
+)
+def test_sizes_and_types_are_checked_on_open(tmp_path, change, message):
+    path = _altered(tmp_path / "rec.h5", change)
+    with pytest.raises(SpikeFileError, match=message) as info:
+        open_spikes(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def _replace(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    del group[name]
+    group[name] = data
+
+
+def _poke(dataset: str, index: int, value: int):
+    def change(f: h5py.File) -> None:
+        f[f"layers/blocks.0.q/{dataset}"][index] = value
+
+    return change
+
+
+def _duplicate_first_event(f: h5py.File) -> None:
+    group = f["layers/blocks.0.q"]
+    assert group["token"][0] == group["token"][1]
+    for column in ("t", "neuron"):
+        group[column][1] = group[column][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_poke("token_ptr", 3, 2**63 - 1), r"token_ptr is not non-decreasing within 0\.\.116"),
+        (_poke("token_ptr", 3, -1), "token_ptr is not non-decreasing"),
+        (_poke("token", 0, 1), "the token dataset disagrees with token_ptr"),
+        (_poke("t", 0, 3), r"SpikeTrain.t: values must lie in \[0, 3\), found 0..3"),
+        (_poke("neuron", 0, -1), r"SpikeTrain.neuron: values must lie in \[0, 11\)"),
+        (_poke("polarity", 0, 0), "polarity must be \\+1 or -1"),
+        (_duplicate_first_event, "an event .* repeats"),
+    ],
+)
+def test_bad_events_are_refused_on_read(tmp_path, change, message):
+    path = _altered(tmp_path / "rec.h5", change)
+    with open_spikes(path) as reader:
+        assert reader.info("blocks.0.q").n_events == 116
+        with pytest.raises(SpikeFileError, match=message) as info:
+            reader.read("blocks.0.q")
+    assert str(info.value).startswith(f"{path}: layer 'blocks.0.q', tokens 0:12: ")
+
+
+def test_writer_close_failure_is_a_spike_file_error(tmp_path):
+    target = tmp_path / "is-a-dir"
+    target.mkdir()
+    with pytest.raises(SpikeFileError, match="is-a-dir: cannot write the spike file"):
+        with SpikeWriter(target) as writer:
             writer.append("a", random_spikes((2, 2, 2), 0.5))
     assert [p.name for p in tmp_path.iterdir()] == ["is-a-dir"]

@@ -112,7 +112,12 @@ class SpikeTrain:
         if (self.polarity == 0).any():
             raise CountRangeError(f"SpikeTrain {self.layer!r}: polarity must be +1 or -1, found 0")
         if not _increasing(self.token, self.t, self.neuron).all():
-            order = np.lexsort((self.neuron, self.t, self.token))
+            if len(self.tokens) * self.steps * self.n_neurons < 2**63:  # one int64 key: faster
+                key = (self.token - self.tokens.start) * (self.steps * self.n_neurons)
+                key += self.t.astype(np.int64) * self.n_neurons + self.neuron
+                order = np.argsort(key, kind="stable")
+            else:
+                order = np.lexsort((self.neuron, self.t, self.token))
             for name in FIELDS:
                 setattr(self, name, getattr(self, name)[order])
             if not _increasing(self.token, self.t, self.neuron).all():

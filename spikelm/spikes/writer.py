@@ -235,8 +235,8 @@ class SpikeWriter:
     def close(self) -> None:
         """Flush, mark the file complete, sync it and move it to ``path``. Idempotent.
 
-        An OS error (disk full, ``path`` a directory, ...) becomes
-        :class:`~spikelm.errors.SpikeFileError`; either way the temporary file is deleted.
+        Any failure deletes the temporary file; an OS error (disk full, ``path`` a directory, ...)
+        is raised as :class:`~spikelm.errors.SpikeFileError`.
         """
         if self._file is None:
             return
