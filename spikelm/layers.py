@@ -43,6 +43,7 @@ class SpikingLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.coding, self.steps, self.k = config.coding, config.steps, config.k
+        self.weight_bits = config.weight_bits
         self.count_range = config.count_range
         self.dynamic = config.threshold == "dynamic"
         self.spike_cost = config.spike_cost

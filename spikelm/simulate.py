@@ -22,6 +22,7 @@ Nothing here prints; the CLI (``spikelm simulate``) formats the :class:`Simulati
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -348,7 +349,14 @@ def _writer(stack: contextlib.ExitStack, record: Any, layers: dict, recorded: li
     writer = stack.enter_context(SpikeWriter(record, attrs=attrs))
     for name in recorded:
         layer = layers[name]
-        writer.add_layer(name, layer.in_features, layer.steps, layer.coding)
+        writer.add_layer(
+            name,
+            layer.in_features,
+            layer.steps,
+            layer.coding,
+            fan_out=layer.out_features,
+            weight_bits=layer.weight_bits,
+        )
     return writer
 
 
@@ -455,6 +463,15 @@ def simulate(
             logits = feed(torch.tensor(generated[-1:], device=dev))
         for probe in probes.values():
             probe.flush(writer)
+        if writer is not None:  # what an energy report of the recording needs
+            writer.set_attrs(
+                {
+                    "tokens": tokens,
+                    "weight_bits": next(iter(spiking.values())).weight_bits,
+                    "mixer_macs": json.dumps(mixer_macs),
+                    "dense_linears": json.dumps(dense_linears(model)),
+                }
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start

@@ -8,13 +8,20 @@ its ANN MACs are counted on the same rows.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+import torch
+
+from spikelm.errors import ConfigError
 from spikelm.estimators.counters import SpikeStats, summarize
 from spikelm.estimators.workload import LayerWork
 
 MIXERS = "attention and recurrences (estimated)"
+PHASES = ("prefill", "decode")
 
 
 @dataclass
@@ -124,3 +131,86 @@ def from_simulation(result, model) -> Account:
         mixer_macs=result.mixer_macs,
         token_events=result.token_events,
     )
+
+
+def from_recording(path: str | os.PathLike[str], tokens_per_chunk: int = 256) -> tuple:
+    """``(account, levels, meta)`` of a spike recording, read ``tokens_per_chunk`` tokens at a
+    time (memory stays bounded however long the recording). Needs a version-2 recording (each
+    layer's fan-out); a version-1 one is a :class:`ConfigError` saying so."""
+    from spikelm.encoders import get_coder
+    from spikelm.spikes import SpikeReader
+
+    with SpikeReader(path) as reader:
+        infos = [reader.info(name) for name in reader.layers]
+        if reader.version < 2 or any(i.fan_out is None or i.coding is None for i in infos):
+            raise ConfigError(
+                f"{path}: a version-{reader.version} recording does not store each layer's "
+                "fan-out and coding, which energy needs; record again with this spikelm "
+                "(spikelm simulate --record) or report the checkpoint"
+            )
+        if not infos:
+            raise ConfigError(f"{path}: the recording holds no layer")
+        attrs = reader.attrs
+        total = max(info.n_tokens for info in infos)
+        prefill = min(_attr_int(attrs, "input_tokens", total), total)
+        stats = {phase: {} for phase in PHASES}
+        token_events = np.zeros(total, dtype=np.int64)
+        for info in infos:
+            coder = get_coder(info.coding)
+            for phase in PHASES:
+                stats[phase][info.name] = SpikeStats(steps=info.steps)
+            start = 0
+            for train in reader.iter_chunks(info.name, tokens_per_chunk):
+                counts = coder.decode(torch.from_numpy(train.to_dense()).transpose(0, 1))
+                rows = counts.shape[0]
+                cut = min(max(prefill - start, 0), rows)
+                for phase, part in (("prefill", counts[:cut]), ("decode", counts[cut:])):
+                    if part.shape[0]:
+                        stats[phase][info.name].update(part, coder)
+                np.add.at(token_events, train.token, 1)
+                start += rows
+        levels = max(
+            hi - lo + 1 for lo, hi in (get_coder(i.coding).count_range(i.steps) for i in infos)
+        )
+        meta = {"recording": str(path), "backend": attrs.get("backend"), "input_tokens": prefill}
+    dense = {k: tuple(v) for k, v in _attr_json(attrs, "dense_linears", {}).items()}
+    return (
+        account(
+            stats,
+            {i.name: (i.n_neurons, i.fan_out) for i in infos},
+            tokens={"prefill": prefill, "decode": total - prefill},
+            weight_bits=infos[0].weight_bits or 8,
+            dense=dense,
+            mixer_macs=_attr_json(attrs, "mixer_macs", {}),
+            token_events=token_events.tolist(),
+        ),
+        levels,
+        meta,
+    )
+
+
+def _attr_int(attrs: Mapping, key: str, default: int) -> int:
+    value = attrs.get(key, default)
+    return int(value) if isinstance(value, (int, np.integer)) and value >= 0 else default
+
+
+def _attr_json(attrs: Mapping, key: str, default: dict) -> dict:
+    """A JSON object stored as a string attribute, checked; ``default`` when absent."""
+    raw = attrs.get(key)
+    if raw is None:
+        return default
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        value = None
+    ok = isinstance(value, dict) and all(
+        isinstance(v, int)
+        and v >= 0
+        or isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, int) and x > 0 for x in v)
+        for v in value.values()
+    )
+    if not ok:
+        raise ConfigError(f"root attribute {key!r} is not a valid JSON object of counts")
+    return value

@@ -7,8 +7,15 @@ import numpy as np
 FORMAT = "spikelm.spikes"
 """Value of the root attribute ``format`` of every spike file."""
 
-VERSION = 1
-"""The layout version this package writes and the only one it reads."""
+VERSION = 2
+"""The layout version this package writes. Version 2 adds each layer's ``fan_out`` and
+``weight_bits`` and the run's root attributes an energy report needs."""
+
+READ_VERSIONS = (1, 2)
+"""The layout versions this package reads."""
+
+MAX_WEIGHT_BITS = 32
+"""Largest ``weight_bits`` a layer may declare."""
 
 CHUNK_EVENTS = 1 << 16
 """HDF5 chunk length (rows) of the event datasets; the writer buffers up to a chunk per column."""

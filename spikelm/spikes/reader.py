@@ -14,7 +14,15 @@ import numpy as np
 
 from spikelm.errors import ConfigError, CountRangeError, ShapeError, SpikeFileError
 from spikelm.fileio import one_line
-from spikelm.spikes.format import DISK_DTYPES, FIELDS, FORMAT, MAX_NEURONS, MAX_STEPS, VERSION
+from spikelm.spikes.format import (
+    DISK_DTYPES,
+    FIELDS,
+    FORMAT,
+    MAX_NEURONS,
+    MAX_STEPS,
+    MAX_WEIGHT_BITS,
+    READ_VERSIONS,
+)
 from spikelm.spikes.train import SpikeTrain
 
 
@@ -43,6 +51,10 @@ class LayerInfo:
     coding: str | None
     n_tokens: int
     n_events: int
+    fan_out: int | None = None
+    """Output features the layer's spikes drive (version 2; ``None`` in version 1 files)."""
+    weight_bits: int | None = None
+    """Bits of the layer's integer weights (version 2; ``None`` in version 1 files)."""
 
 
 class SpikeReader:
@@ -109,11 +121,13 @@ class SpikeReader:
                 f"{'missing' if found is None else _show(found)}, expected {FORMAT!r})"
             )
         version = attrs.get("version")
-        if _integer(version) != VERSION:
+        if _integer(version) not in READ_VERSIONS:
             raise self._fail(
                 f"spike file format version {'missing' if version is None else _show(version)} "
-                f"is not supported; this spikelm reads version {VERSION}"
+                f"is not supported; this spikelm reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}"
             )
+        self._version = _integer(version)
         complete = attrs.get("complete")
         if not isinstance(complete, (bool, np.bool_)) or not complete:
             raise self._fail(
@@ -181,6 +195,11 @@ class SpikeReader:
                 f"layer {name!r}: token_ptr must run from 0 to the number of events "
                 f"({n_events}), found {'nothing' if ends is None else f'{ends[0]}..{ends[1]}'}"
             )
+        optional = {
+            key: self._count_attribute(name, group.attrs, key, high)
+            for key, high in (("fan_out", MAX_NEURONS), ("weight_bits", MAX_WEIGHT_BITS))
+            if key in group.attrs
+        }
         return LayerInfo(
             name=name,
             n_neurons=n_neurons,
@@ -188,6 +207,7 @@ class SpikeReader:
             coding=None if coding is None else str(coding),
             n_tokens=lengths["token_ptr"] - 1,
             n_events=n_events,
+            **optional,
         )
 
     def _count_attribute(self, layer: str, attrs: Any, key: str, high: int) -> int:
@@ -210,8 +230,8 @@ class SpikeReader:
 
     @property
     def version(self) -> int:
-        """The file's layout version (always :data:`VERSION`: others are refused on open)."""
-        return VERSION
+        """The file's layout version (one of :data:`READ_VERSIONS`: others are refused on open)."""
+        return self._version
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from spikelm.spikes.format import (
     FORMAT,
     MAX_NEURONS,
     MAX_STEPS,
+    MAX_WEIGHT_BITS,
     VERSION,
 )
 from spikelm.spikes.train import SpikeTrain
@@ -168,13 +169,21 @@ class SpikeWriter:
             raise SpikeFileError(f"{self.path}: the writer is closed")
 
     def add_layer(
-        self, name: str, n_neurons: int, steps: int | None = None, coding: str | None = None
+        self,
+        name: str,
+        n_neurons: int,
+        steps: int | None = None,
+        coding: str | None = None,
+        *,
+        fan_out: int | None = None,
+        weight_bits: int | None = None,
     ) -> None:
         """Declare layer ``name`` with N = ``n_neurons`` channels and T = ``steps`` time steps.
 
         ``steps`` and ``coding`` default to the writer's. :meth:`append` declares a layer it has
         not seen from the shape of its first data, so calling this is needed only to set
-        ``coding`` per layer or to record a layer that never spikes.
+        ``coding``, ``fan_out`` (the output features its spikes drive) or ``weight_bits`` per
+        layer, or to record a layer that never spikes.
         """
         self._require_open()
         steps = self._steps if steps is None else steps
@@ -193,6 +202,14 @@ class SpikeWriter:
         group.attrs.update({"n_neurons": int(n_neurons), "steps": int(steps)})
         if coding is not None:
             group.attrs["coding"] = coding
+        for key, value, high in (
+            ("fan_out", fan_out, MAX_NEURONS),
+            ("weight_bits", weight_bits, MAX_WEIGHT_BITS),
+        ):
+            if value is not None:
+                if not 1 <= value <= high:
+                    raise ConfigError(f"layer {name!r}: {key} must be in [1, {high}], got {value}")
+                group.attrs[key] = int(value)
         columns = {}
         for column, dtype in DISK_DTYPES.items():
             is_ptr = column == "token_ptr"
@@ -231,6 +248,13 @@ class SpikeWriter:
                 f"got spikes with T={train.steps}, N={train.n_neurons}"
             )
         state.add(train)
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes (str, numbers or arrays) before the file is closed."""
+        self._require_open()
+        if _RESERVED_ATTRS & attrs.keys():
+            raise ConfigError(f"attrs may not set {sorted(_RESERVED_ATTRS & attrs.keys())}")
+        self._file.attrs.update(attrs)
 
     def close(self) -> None:
         """Flush, mark the file complete, sync it and move it to ``path``. Idempotent.
