@@ -86,7 +86,8 @@ def _cmd_raster(args: argparse.Namespace) -> int:
     from spikelm.spikes import SpikeReader
 
     with SpikeReader(args.file) as reader:
-        layers = args.layer or list(reader.layers)
+        # all layers by default, less those that recorded no token (nothing to draw)
+        layers = args.layer or [n for n in reader.layers if reader.n_tokens(n)] or reader.layers
         trains = {}
         for layer in layers:
             trains[layer] = reader.read(layer, tokens=args.tokens)  # drawn from its events
