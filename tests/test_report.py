@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HYBRID
 
 import spikelm
 from spikelm.cli import main
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError
 from spikelm.estimators.accounting import from_recording, from_simulation
-from spikelm.models import ByteTokenizer, HybridLM
+from spikelm.models import ByteTokenizer, load_demo_model
 from spikelm.report import build
 from spikelm.report.formats import to_data
 from spikelm.simulate import simulate
@@ -108,8 +107,8 @@ def test_a_version_1_recording_is_a_clear_error(tmp_path: Path, capsys, monkeypa
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = spikelm.convert(spikelm.prepare(HybridLM(TINY_HYBRID).eval(), spikelm.SpikeConfig()))
+    """The shipped demo model, converted with SpikingBrain's recipe (what `spikelm demo` writes)."""
+    model = spikelm.convert(spikelm.prepare(load_demo_model(), spikelm.SpikeConfig()))
     return spikelm.save(model, tmp_path_factory.mktemp("ckpt") / "ckpt", tokenizer=ByteTokenizer())
 
 
