@@ -14,6 +14,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from spikelm import __version__
@@ -301,6 +302,34 @@ def _report_text(result, form: str) -> str:
     return to_table(result)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import spikelm
+    from spikelm.outputs import check_output
+
+    check_output(args.out, args.format, overwrite=args.overwrite, sources=[args.ckpt])
+    model = spikelm.load(args.ckpt)
+    if args.format == "nir":
+        from spikelm.export.nir import export_nir
+
+        print(export_nir(model, args.out, layers=args.layers or ("*",)).summary())
+        return 0
+    from spikelm.export.onnx import export_layer_onnx, export_onnx
+    from spikelm.layers import spiking_layers
+
+    if not args.layers:
+        print(export_onnx(model, args.out, opset=args.opset).summary())
+        return 0
+    from spikelm.convert import select_layers
+
+    chosen = select_layers(spiking_layers(model), args.layers, "--layers")
+    out = Path(args.out)
+    for name, layer in chosen.items():  # one spiking-layer graph per layer
+        target = out.with_name(f"{out.stem}.{name}{out.suffix}")
+        check_output(target, "onnx", overwrite=args.overwrite, sources=[args.ckpt])
+        print(export_layer_onnx(layer, target, opset=args.opset).summary())
+    return 0
+
+
 def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     from spikelm.encoders import CODERS
 
@@ -457,6 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="FILE", help="write the report here (default: stdout)")
     report.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     report.set_defaults(handler=_cmd_report)
+
+    export = commands.add_parser("export", help="export a spiking checkpoint to ONNX or NIR")
+    export.add_argument("ckpt", metavar="CKPT", help="spiking checkpoint directory")
+    export.add_argument("--format", required=True, choices=["onnx", "nir"])
+    export.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    export.add_argument(
+        "--layers",
+        action="append",
+        metavar="PATTERN",
+        help="spiking layers to export (repeatable; NIR: the projections in the file; ONNX: one "
+        "spiking-layer graph per layer, PATH's stem + '.<layer>' instead of the whole model)",
+    )
+    export.add_argument("--opset", type=_count(1), default=18, help="ONNX opset (default 18)")
+    export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 

@@ -46,6 +46,20 @@ def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear
     }
 
 
+def select_layers(layers: dict[str, nn.Module], patterns: Iterable[str], option: str) -> dict:
+    """The entries of ``layers`` whose names match one of ``patterns``; :class:`ConfigError`
+    naming ``option`` for a pattern that matches none."""
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name in layers):
+            names = list(layers)
+            shown = ", ".join(names[:4]) + (
+                f", ... ({len(names)} in all)" if len(names) > 4 else ""
+            )
+            raise ConfigError(f"{option} {pattern!r} matches no spiking layer; layers: {shown}")
+    return {n: m for n, m in layers.items() if any(fnmatchcase(n, p) for p in patterns)}
+
+
 def check_patterns(model: nn.Module, patterns: Iterable[str], option: str) -> None:
     """Raise :class:`ConfigError` naming ``option`` for a pattern that matches none of
     ``model``'s linear layers (its output head included)."""

@@ -47,15 +47,15 @@ def _is_recording(path: Path) -> bool:
         return False
 
 
-def _marked(marker: bytes) -> Callable[[Path], bool]:
-    """A test that a file carries ``marker`` in its first 64 KiB (its metadata or header)."""
+def _marked(marker: bytes, window: int = 1 << 16) -> Callable[[Path], bool]:
+    """A test that a file carries ``marker`` in its first ``window`` bytes (metadata, header)."""
 
     def test(path: Path) -> bool:
         if not path.is_file():
             return False
         try:
             with open(path, "rb") as handle:
-                return marker in handle.read(1 << 16)
+                return marker in handle.read(window)
         except OSError:
             return False
 
@@ -67,6 +67,8 @@ KINDS: dict[str, tuple[str, bool, Callable[[Path], bool]]] = {
     "recording": ("a spike recording", False, _is_recording),
     "plot": ("a spikelm plot", False, _marked(PLOT_MARKER)),
     "report": ("a spikelm report", False, _marked(REPORT_MARKER)),
+    "onnx": ("a spikelm ONNX export", False, _marked(b"spikelm")),
+    "nir": ("a spikelm NIR export", False, _marked(b"spikelm-nir", window=1 << 20)),
 }
 """kind -> (description, is a directory, test that an existing path is spikelm's of that kind)."""
 
@@ -80,7 +82,7 @@ def check_output(
     option: str = "--out",
 ) -> Path:
     """Raise :class:`ConfigError` unless ``path`` may be written as an output of ``kind``
-    (``checkpoint``, ``recording``, ``plot`` or ``report``) under the rules above; returns
+    (a key of :data:`KINDS`) under the rules above; returns
     ``path``.
 
     ``sources`` are the inputs of the command (never replaced, nor any directory holding one);
