@@ -5,6 +5,7 @@ Functional first (pure functions of input, state and parameters), with thin ``nn
 **Adaptive threshold (one step).** For an activation ``x`` whose last dim is the channel dim:
 
     V_th   = mean_c(|x|) / k                       (dynamic: per token)     or a calibrated constant
+             (the mean's sum in a fixed pairwise order, so that every runtime gets the same bits)
     s_int  = clamp(sign(x) * ceil(|x| / V_th - 1/2), lo, hi)             (round, ties toward 0)
     x_hat  = V_th * s_int
 
@@ -44,6 +45,7 @@ from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikelm.errors import ConfigError, NonFiniteError
@@ -58,11 +60,25 @@ def check_finite(x: torch.Tensor, where: str = "activation") -> None:
         raise NonFiniteError(f"{bad} in {where}: spiking neurons need finite inputs")
 
 
+def fixed_order_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over the last dim, ``[..., 1]``, in one fixed order: halves added elementwise until
+    one column is left, an odd width padded with one zero first. Each add is one IEEE float32 op,
+    so every runtime (torch on any device, numba, onnxruntime) gets the same bits; a library
+    reduction's order is its own."""
+    while x.shape[-1] > 1:
+        if x.shape[-1] % 2:
+            x = F.pad(x, (0, 1))
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x
+
+
 def dynamic_threshold(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
-    """Per-token threshold ``V_th = mean(|x|) / k`` over the last (channel) dim, kept as ``[..., 1]``."""
+    """Per-token threshold ``V_th = sum(|x|) / n / k`` over the last (channel) dim of ``n``,
+    kept as ``[..., 1]``; the sum in :func:`fixed_order_sum`'s order (the same bits everywhere)."""
     if not k > 0:
         raise ConfigError(f"k must be positive, got {k}")
-    return x.abs().mean(-1, keepdim=True) / k
+    return fixed_order_sum(x.abs()) / x.shape[-1] / k
 
 
 @functools.lru_cache(maxsize=128)

@@ -24,7 +24,9 @@ def test_export_nir_from_the_command_line(checkpoint: Path, tmp_path: Path, caps
     out = tmp_path / "demo.nir"
     assert main(["export", str(checkpoint), "--format", "nir", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "51 spiking projection(s) exported" in printed and "round trip: nir.read gives" in printed
+    assert (
+        "51 spiking projection(s) exported" in printed and "round trip: nir.read gives" in printed
+    )
     assert "not expressible in NIR" in printed and "embed_tokens" in printed
     graph = nir.read(out)
     weights = [n.weight for n in graph.nodes["layers.0.attn.q_proj"].nodes.values()

@@ -34,10 +34,10 @@ from spikelm.export.onnx import (
     families,
     present_name,
 )
-from spikelm.export.onnx_spiking import LayerSpec, SpikingLinearOp, fixed_order_sum
+from spikelm.export.onnx_spiking import LayerSpec, SpikingLinearOp
 from spikelm.layers import SpikingLinear, probed, spiking_layers
 from spikelm.models import HybridLM, load_demo_model
-from spikelm.neurons import spike_counts
+from spikelm.neurons import fixed_order_sum, spike_counts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -322,21 +322,26 @@ class _Neuron(nn.Module):
 
 @pytest.fixture(scope="module")
 def wide_neuron(tmp_path_factory):
-    """A 4096-wide layer's graph and rows where torch's mean and the fixed-order sum give
-    thresholds that round one count differently (about one row in 8000)."""
+    """A 4096-wide layer's graph and rows where a library mean (torch's own reduction order) and
+    spikelm's fixed-order sum give thresholds that round one count differently (about one row
+    in 8000): the rows where any runtime with its own reduction order would disagree."""
     torch.manual_seed(2)
     layer = spiking_layers(_convert(nn.Sequential(nn.Linear(4096, 4))))["0"]
     generator = torch.Generator().manual_seed(0)
     for _ in range(64):
         u = torch.randn(1024, 4096, generator=generator)
         u *= torch.exp(torch.randn(1, 4096, generator=generator))
-        ours = spike_counts(u, fixed_order_sum(u.abs()) / 4096 / layer.k, layer.count_range)
-        theirs = layer.spike_counts(u)[0]
+        library = spike_counts(u, u.abs().mean(-1, keepdim=True) / layer.k, layer.count_range)
+        ours = layer.spike_counts(u)[0]
+        assert torch.equal(
+            ours, spike_counts(u, fixed_order_sum(u.abs()) / 4096 / layer.k, layer.count_range)
+        )
+        theirs = library
         rows = (ours != theirs).any(-1).nonzero().flatten()
         if len(rows):
             break
     else:
-        pytest.skip("no row with a tie found")
+        raise AssertionError("no row where the reduction order matters was found")
     path = tmp_path_factory.mktemp("neuron") / "neuron.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings about spikelm's own checks
@@ -375,8 +380,8 @@ NEURON_CASES = [
 
 @pytest.mark.parametrize(("width", "options"), NEURON_CASES)
 def test_graph_neuron_is_spikelm_neuron_given_its_threshold(width, options, tmp_path) -> None:
-    """Bit for bit: spikelm's own neuron for static thresholds; for dynamic ones, the neuron with
-    the threshold from the fixed-order sum (the graph's)."""
+    """Bit for bit: the graph's neuron is spikelm's (its dynamic threshold's sum in the same
+    fixed order)."""
     torch.manual_seed(3)
     calibration = [torch.randn(32, width) * 2 for _ in range(2)]
     net = nn.Sequential(nn.Linear(width, 8))
@@ -402,19 +407,12 @@ def test_graph_neuron_is_spikelm_neuron_given_its_threshold(width, options, tmp_
         if layer.dynamic:
             v_th = fixed_order_sum(u.abs()) / width / layer.k
         want = spike_counts(u, v_th, layer.count_range)
-        if not layer.dynamic:
-            assert torch.equal(want, layer.spike_counts(rows)[0])
+        assert torch.equal(want, layer.spike_counts(rows)[0])  # the graph's threshold is spikelm's
         want_y = epilogue(accumulators(layer, want), layer.weight_scale, v_th) + layer.bias
     assert np.array_equal(counts, want.numpy())
     assert np.array_equal(y, want_y.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spikelm's dynamic threshold is torch.mean, whose float32 reduction order no ONNX "
-    "runtime reproduces; bit-identical counts at ties need the fixed-order sum in "
-    "spikelm.neurons.dynamic_threshold (docs/onnx-export.md)",
-)
 def test_graph_neuron_equals_spikelm_at_threshold_ties(wide_neuron) -> None:
     layer, rows, _, counts = wide_neuron
     assert np.array_equal(counts, layer.spike_counts(rows)[0].numpy())

@@ -249,7 +249,7 @@ def test_wrong_version(tmp_path):
     write_recording(path)
     with h5py.File(path, "r+") as f:
         f.attrs["version"] = 99
-    with pytest.raises(SpikeFileError, match=f"version 99 .* reads version {VERSION}") as info:
+    with pytest.raises(SpikeFileError, match="version 99 .* reads versions 1, 2") as info:
         open_spikes(path)
     assert str(path) in str(info.value)
 

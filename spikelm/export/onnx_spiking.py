@@ -23,7 +23,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto
 
 from spikelm.backends import reference
@@ -37,18 +36,6 @@ CODINGS = ("binary", "ternary", "bitwise", "bitwise_bidirectional", "bitwise_two
 """Spike codings whose trains the graph builds from counts."""
 
 _INT32_MAX = 2**31 - 1
-
-
-def fixed_order_sum(x: torch.Tensor) -> torch.Tensor:
-    """The sum over the last dim ``[..., 1]`` in the graph's fixed order (torch twin of
-    :func:`_fixed_order_sum`): halves added elementwise until one column is left, an odd width
-    padded with one zero first."""
-    while x.shape[-1] > 1:
-        if x.shape[-1] % 2:
-            x = F.pad(x, (0, 1))
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +118,7 @@ def _cast(g: Any, x: Any, dtype: torch.dtype) -> Any:
 
 
 def _fixed_order_sum(g: Any, x: Any, width: int) -> Any:
-    """``x [M, width]`` -> ``[M, 1]`` in the order of :func:`fixed_order_sum`."""
+    """``x [M, width]`` -> ``[M, 1]`` in the order of :func:`spikelm.neurons.fixed_order_sum`."""
     while width > 1:
         if width % 2:
             x = g.op("Pad", x, _const(g, [0, 0, 0, 1], torch.int64))
