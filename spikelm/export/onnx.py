@@ -122,7 +122,8 @@ class OnnxExport:
             else f"a {self.family} model ({len(self.spiking_layers)} spiking layers)"
         )
         lines = [
-            f"ONNX export of {what}: exporter {self.exporter}, opset {self.opset}, int8 weights"
+            f"ONNX export of {what}: exporter {self.exporter}, opset {self.opset}, "
+            + ("int8 weights" if self.spiking_layers else "float32 weights (not spiking)")
         ]
         for graph in self.graphs:
             extra = f" + {graph.external_data.name}" if graph.external_data else ""
@@ -205,7 +206,7 @@ def families() -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_model(model: nn.Module) -> tuple[Adapter, dict[str, SpikingLinear]]:
+def _check_model(model: nn.Module, dense: bool = False) -> tuple[Adapter, dict[str, SpikingLinear]]:
     adapter = adapter_for(model)
     reason = _refusal(adapter, getattr(model, "config", None))
     if reason:
@@ -214,7 +215,7 @@ def _check_model(model: nn.Module) -> tuple[Adapter, dict[str, SpikingLinear]]:
             f"families the exporter handles: {', '.join(families())}"
         )
     layers = spiking_layers(model)
-    if not layers:
+    if not layers and not dense:
         raise ConfigError("the model has no spiking layers: convert it first (spikelm.convert)")
     floats = {t.dtype for t in model.parameters() if t.is_floating_point()}
     if floats - {torch.float32} or any(t.device.type != "cpu" for t in model.parameters()):
@@ -634,6 +635,7 @@ def export_onnx(
     prefill: bool = True,
     expose_counts: bool = False,
     external_data: bool | None = None,
+    dense: bool = False,
 ) -> OnnxExport:
     """Export a converted spiking LM to ONNX: the decode step at ``path`` and, with ``prefill``,
     the prompt graph at ``<stem>.prefill.onnx`` beside it.
@@ -641,13 +643,14 @@ def export_onnx(
     ``expose_counts`` adds each spiking layer's counts as outputs ``spike_counts.<layer>``
     (``[batch, in]``; ``[sequence, batch, in]`` in the prefill graph). ``external_data`` keeps
     the weights in ``<file>.data`` (one file, shared by both graphs); ``None`` does so when they
-    exceed 2 GB. Every file is checked with ``onnx.checker`` (full check) before it replaces
+    exceed 2 GB. ``dense=True`` also takes a model that is not spiking (the ANN it came from,
+    exported the same way: a baseline). Every file is checked with ``onnx.checker`` (full check) before it replaces
     anything; a failure leaves no file behind. Raises :class:`ConfigError` for a bad path or
     opset, an unconverted or non-float32 model, or a family the exporter does not handle.
     """
     path = _check_path(path)
     opset = _check_opset(opset)
-    adapter, layers = _check_model(model)
+    adapter, layers = _check_model(model, dense)
     with _staging(path) as staging:
         raw = staging / "traced.onnx"
         trace = _trace_decode(model, adapter, layers, raw, opset, expose_counts)
