@@ -27,8 +27,16 @@ def describe_machine() -> str:
     return (
         f"# {datetime.date.today().isoformat()} | {cpu} | {os.cpu_count()} cores | {memory} | "
         f"Python {platform.python_version()} | torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)"
+        f"({torch.get_num_threads()} threads) | BLAS {blas()}"
     )
+
+
+def blas() -> str:
+    """The BLAS torch was built with (``BLAS_INFO`` in ``torch.__config__.show()``)."""
+    for field in torch.__config__.show().replace(",", "\n").splitlines():
+        if "BLAS_INFO=" in field:
+            return field.split("=", 1)[1].strip()
+    return "unknown"
 
 
 def emit(text: str, out: str | os.PathLike[str] | None) -> None:

@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the report here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    header = describe_machine()
     prompt = ByteTokenizer().encode("The import statement binds names in the module ")
     prompt = (prompt * 4)[: args.prompt_tokens]
     new = args.new_tokens
@@ -108,7 +109,9 @@ def main() -> None:
     for backend in backends:
 
         def run(backend=backend) -> float:
-            result = simulate(snn, prompt, new_tokens=new, progress=False, backend=backend)
+            result = simulate(
+                snn, prompt, new_tokens=new, progress=False, backend=backend, threads=args.threads
+            )
             assert result.generated == reference.generated, backend
             return result.seconds
 
@@ -119,7 +122,7 @@ def main() -> None:
     width = max(len(name) for name, _ in rows)
     lines = [
         "bench_export: decode speed of the exported spiking demo model (benchmarks/bench_export.py)",
-        describe_machine(),
+        header,
         f"# demo model (1.1M parameters), SpikingBrain recipe (bitwise_bidirectional, T=8, k=3); "
         f"greedy decode, batch 1: {len(prompt)} prompt tokens fed one by one + {new} new "
         f"({tokens} steps); best of {args.reps} after a warm-up; {args.threads} thread(s); "
