@@ -19,13 +19,14 @@
    calls an int8 layer up to 4096x4096 stays in this machine's L3 cache while its fp32 copy does
    not, which flatters the event-driven kernel; a layer of a large model is read cold.
 2. Whole-model decode at batch 1: the converted demo model under ``simulate(..., backend=...)``
-   against the ANN demo model stepped token by token in fp32 (``model.step``), same tokens, one
+   against the ANN demo model stepped token by token in fp32 (the adapter's ``step``, as
+   ``simulate`` steps), same tokens, one
    thread. The demo model's layers are 128 wide, so both sides spend their time in per-call
    overhead; the same comparison therefore also runs on wider models (random weights, converted
    with the same recipe: dynamic k=3, bitwise-bidirectional T=8, int8), both threads: a
    HybridLM at hidden 1024 (the reference model's code) and a ``transformers`` Llama at hidden
-   1024 (the ANN running transformers' own forward with its KV cache, token by token; the
-   spiking copy under ``simulate``). Their firing rate is measured and printed.
+   1024 (the ANN through the same adapter step, i.e. transformers' own forward with its cache
+   object rebuilt from the named state each token; the spiking copy under ``simulate``). Their firing rate is measured and printed.
 3. The physical limit of the event-driven kernel: events/s <= memory bandwidth / column bytes
    (column = ``out`` int8 weights), with the bandwidth measured in the same run.
 4. numba compile / cache-load cost, apart from the timings.
@@ -346,18 +347,18 @@ def snn_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **option
 
 
 def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
-    """Greedy decode of the fp32 model with the stepping ``simulate`` uses (``model.step`` for a
-    HybridLM, the transformers forward with its own cache otherwise): (seconds, forward passes)."""
-    from spikelm.simulate import _stepper
+    """Greedy decode of the fp32 model with the stepping ``simulate`` uses (the family adapter's
+    ``step`` with its named state): (seconds, forward passes)."""
+    from spikelm.adapters import adapter_for
 
-    stepper = _stepper(model)
+    adapter = adapter_for(model)
     with torch.no_grad():
-        stepper.reset()
+        state = adapter.init_state(model, 1)
         start = time.perf_counter()
         for token in prompt:
-            logits = stepper(token.view(1))
+            logits, state = adapter.step(model, token.view(1), state)
         for _ in range(new_tokens - 1):
-            logits = stepper(logits.argmax().view(1))
+            logits, state = adapter.step(model, logits[0].argmax().view(1), state)
         return time.perf_counter() - start, len(prompt) + new_tokens - 1
 
 
@@ -372,7 +373,7 @@ def decode_section(args, report: Report) -> dict:
         f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
         f"(greedy), torch threads = 1; peak = VmHWM after a reset (process-wide RSS, MiB)"
     )
-    runs = {"ANN fp32 (model.step)": lambda: ann_decode(ann, prompt, args.new_tokens)}
+    runs = {"ANN fp32 (adapter step)": lambda: ann_decode(ann, prompt, args.new_tokens)}
     for b in ("numba", "torch"):
         runs[f"spiking, simulate backend={b}"] = lambda b=b: snn_decode(
             snn, prompt, args.new_tokens, backend=b, threads=1
@@ -385,7 +386,7 @@ def decode_section(args, report: Report) -> dict:
             tps, peak, _ = measure(run, args.decode_reps)
             results[name] = statistics.median(tps)
             report(f"{name:<34} {tokens:>6} {max(tps):>10.1f} {results[name]:>10.1f} {peak:>9.0f}")
-    ann_tps = results["ANN fp32 (model.step)"]
+    ann_tps = results["ANN fp32 (adapter step)"]
     for name, med in results.items():
         if name.startswith("spiking"):
             report(f"  {name}: {med / ann_tps:.2f}x the ANN's tokens/s (median)")
@@ -424,8 +425,8 @@ def wide_models() -> dict[str, nn.Module]:
         )
     )
     return {
-        "HybridLM (model.step)": hybrid.eval(),
-        "transformers Llama (own forward)": llama.eval(),
+        "HybridLM (adapter step)": hybrid.eval(),
+        "transformers Llama (adapter step)": llama.eval(),
     }
 
 
@@ -536,7 +537,7 @@ def main() -> None:
             f"4096x4096, batch 1, demo firing, {what}: numba {x_dense:.2f}x faster than dense "
             f"F.linear, {x_sj:.2f}x faster than SpikingJelly; {frac:.0%} of the bandwidth bound"
         )
-    ann_tps = decode["ANN fp32 (model.step)"]
+    ann_tps = decode["ANN fp32 (adapter step)"]
     spk = decode["spiking, simulate backend=numba"]
     report(f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the ANN tok/s")
     for name, ratio in wide.items():
