@@ -298,6 +298,12 @@ def report(
         get_energy_model(name)
     sweep = read_sweep(sweep_file) if sweep_file is not None else None
     path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such spiking checkpoint or recording")
+    if path.is_dir() and text_file is None and prompt is None:
+        raise ConfigError(
+            f"{path}: a checkpoint is reported by running it: pass --text or --prompt"
+        )
     if path.is_file():
         if text_file is not None or prompt is not None:
             raise ConfigError(f"{path}: a recording is reported as recorded; drop --text/--prompt")

@@ -223,3 +223,10 @@ def test_an_unknown_model_fails_before_anything_runs(checkpoint: Path) -> None:
 
     with pytest.raises(ConfigError, match="unknown energy model"):
         report(checkpoint, models=["nope"], prompt="ab")
+
+
+def test_a_report_needs_a_source_and_an_input(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert "no such spiking checkpoint or recording" in capsys.readouterr().err
+    assert main(["report", str(checkpoint)]) == 1
+    assert "pass --text or --prompt" in capsys.readouterr().err
