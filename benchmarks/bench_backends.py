@@ -1,4 +1,4 @@
-"""Backend speed: one spiking linear layer and whole-model decode, against dense and SpikingJelly.
+"""Backend speed: one spiking layer and whole-model decode, against dense fp32, int8, SpikingJelly.
 
 1. One ``SpikingLinear`` (random weights, SpikingBrain's coding: bitwise-bidirectional, T=8,
    int8 weights, group 128) at 2048x2048, 4096x4096, 4096x11008 (in x out), batch 1 and 16.
@@ -8,8 +8,9 @@
      - ``NN%``: every (channel, step) slot of the magnitude fires independently with probability
        1 - NN/100 (random sign per channel), i.e. sparsity = 1 - events / (channels * T) = NN%.
    Columns: numba (event-driven), torch_events (index_add_ per event), dense fp32 ``F.linear`` on
-   the dequantized input (counts * V_th) with the dequantized weight (the baseline), and
-   SpikingJelly 2.0 simulating the same layer ann2snn-style: the float activation (the dequantized
+   the dequantized input (counts * V_th) with the dequantized weight (the baseline), the same
+   layer with int8 weights under torch's dynamic quantization (``quantize_dynamic``, W8A8: the
+   int8 baseline; the whole-model rows quantize the ANN the same way), and SpikingJelly 2.0 simulating the same layer ann2snn-style: the float activation (the dequantized
    input, scaled to the IF threshold) is repeated over the same T steps into a multi-step
    ``IFNode(step_mode='m', v_reset=None)`` (soft reset, its default torch path), whose spike train
    ``[T, B, in]`` goes through the fp32 ``nn.Linear``; the T outputs are averaged. This is
@@ -219,6 +220,18 @@ def memory_bandwidth(reps: int) -> float:
     return 2 * src.nbytes / best
 
 
+def int8_baseline(model: nn.Module) -> nn.Module:
+    """The same model with int8 weights on torch's dynamic quantization (W8A8: activations
+    quantized per call), the int8 CPU path issue 12 measures spikelm against."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notes on quantized tensors
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+        )
+
+
 def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) -> dict:
     config = SpikeConfig()
     make_sj, sj_reason = spikingjelly_runner()
@@ -230,7 +243,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
     key: dict = {}
     report(
         "times in ms, min/median | sparsity = 1 - events/(in*T) | 'x dense' = dense/numba, "
-        "'x SJ' = SpikingJelly/numba (>1: numba faster) | BW frac = numba events/s / (BW/out bytes)"
+        "'x int8' = int8/numba (torch dynamic quantization, W8A8), 'x SJ' = SpikingJelly/numba "
+        "(>1: numba faster) | BW frac = numba events/s / (BW/out bytes)"
     )
     report(
         "(BW frac > 1 is possible: the kernel reads a channel's column once for all its events, "
@@ -241,13 +255,14 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
     )
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
-        f"{'numba':>15} {'torch_events':>15} {'dense F.linear':>15} {'SpikingJelly':>15} | "
-        f"{'x dense':>7} {'x SJ':>7} {'BW frac':>7}"
+        f"{'numba':>15} {'torch_events':>15} {'dense F.linear':>15} {'int8 dynamic':>15} "
+        f"{'SpikingJelly':>15} | {'x dense':>7} {'x int8':>7} {'x SJ':>7} {'BW frac':>7}"
     )
     for in_f, out_f in SIZES:
         torch.manual_seed(0)
         layer = spiking_layer(nn.Linear(in_f, out_f, bias=False), config, f"{in_f}x{out_f}")
         weight = layer.dequantized_weight()
+        int8 = int8_baseline(nn.Sequential(nn.Linear(in_f, out_f, bias=False)))
         layer.transposed_weight_q()
         sj_run = make_sj(weight, config.steps) if make_sj else None
         report()
@@ -281,6 +296,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
                             lambda a=(layer, counts, v_th): events_fn(*a), reps, budget
                         )
                     t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget, before=cold)
+                    t_int8 = timeit(lambda f=int8, a=x: f(a), reps, budget, before=cold)
                     t_sj = None
                     if sj_run is not None:
                         scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
@@ -288,15 +304,16 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
                         t_sj = timeit(lambda f=sj_run, a=xs: f(a), reps, budget, before=cold)
                 n_med = statistics.median(t_numba)
                 x_dense = statistics.median(t_dense) / n_med
+                x_int8 = statistics.median(t_int8) / n_med
                 x_sj = statistics.median(t_sj) / n_med if t_sj else float("nan")
                 frac = (events / n_med) / (bandwidth / out_f)
                 report(
                     f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
                     f"{events / batch:>7.0f} | {fmt_ms(t_numba):>15} {fmt_ms(t_events):>15} "
-                    f"{fmt_ms(t_dense):>15} {fmt_ms(t_sj):>15} | "
-                    f"{x_dense:>7.2f} {x_sj:>7.2f} {frac:>7.2f}"
+                    f"{fmt_ms(t_dense):>15} {fmt_ms(t_int8):>15} {fmt_ms(t_sj):>15} | "
+                    f"{x_dense:>7.2f} {x_int8:>7.2f} {x_sj:>7.2f} {frac:>7.2f}"
                 )
-                key[(in_f, out_f, batch, label)] = (x_dense, x_sj, frac)
+                key[(in_f, out_f, batch, label)] = (x_dense, x_int8, x_sj, frac)
     return key
 
 
@@ -438,8 +455,8 @@ def wide_decode_section(args, report: Report) -> dict:
         f"generated tokens, {threads} threads for torch and numba"
     )
     header = (
-        f"{'model':<34} {'params':>7} {'ANN tok/s':>9} {'SNN tok/s':>9} {'x ANN':>6} "
-        f"{'spk/ch':>6} {'ANN MiB':>8} {'SNN MiB':>8}"
+        f"{'model':<34} {'params':>7} {'ANN tok/s':>9} {'int8 tok/s':>10} {'SNN tok/s':>9} "
+        f"{'x ANN':>6} {'x int8':>6} {'spk/ch':>6} {'ANN MiB':>8} {'SNN MiB':>8}"
     )
     report(header)
     report("-" * len(header))
@@ -450,20 +467,26 @@ def wide_decode_section(args, report: Report) -> dict:
         calib = [prompt.view(1, -1)]  # dynamic thresholds: calibration only checks the layers
         snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False, backend="numba")
         params = sum(p.numel() for p in ann.parameters())
+        quantized = int8_baseline(ann)
         with torch_threads(threads):
             ann_tps, ann_peak, _ = measure(
                 lambda m=ann: ann_decode(m, prompt, args.new_tokens), args.decode_reps
             )
+            int8_tps, _, _ = measure(
+                lambda m=quantized: ann_decode(m, prompt, args.new_tokens), args.decode_reps
+            )
+        del quantized
         snn_tps, snn_peak, (*_, result) = measure(
             lambda m=snn: snn_decode(m, prompt, args.new_tokens, threads=threads), args.decode_reps
         )
         spc = result.stats.spikes_per_channel
         a, b = statistics.median(ann_tps), statistics.median(snn_tps)
+        q = statistics.median(int8_tps)
         report(
-            f"{name:<34} {params / 1e6:>6.1f}M {a:>9.1f} {b:>9.1f} {b / a:>6.2f} {spc:>6.3f} "
-            f"{ann_peak:>8.0f} {snn_peak:>8.0f}"
+            f"{name:<34} {params / 1e6:>6.1f}M {a:>9.1f} {q:>10.1f} {b:>9.1f} {b / a:>6.2f} "
+            f"{b / q:>6.2f} {spc:>6.3f} {ann_peak:>8.0f} {snn_peak:>8.0f}"
         )
-        results[name] = b / a
+        results[name] = (b / a, b / q)
         del snn
     report(
         "  (SNN: simulate backend='numba'; peak = VmHWM after a reset, process-wide, so the "
@@ -532,16 +555,20 @@ def main() -> None:
     report()
     report("## key ratios")
     for label, what in (("demo", "warm caches"), ("cold", "caches flushed")):
-        x_dense, x_sj, frac = key[(4096, 4096, 1, label)]
+        x_dense, x_int8, x_sj, frac = key[(4096, 4096, 1, label)]
         report(
-            f"4096x4096, batch 1, demo firing, {what}: numba {x_dense:.2f}x faster than dense "
-            f"F.linear, {x_sj:.2f}x faster than SpikingJelly; {frac:.0%} of the bandwidth bound"
+            f"4096x4096, batch 1, demo firing, {what}: numba {x_dense:.2f}x the speed of dense "
+            f"F.linear, {x_int8:.2f}x that of int8 dynamic quantization, {x_sj:.2f}x that of "
+            f"SpikingJelly; {frac:.0%} of the bandwidth bound"
         )
     ann_tps = decode["ANN fp32 (adapter step)"]
     spk = decode["spiking, simulate backend=numba"]
     report(f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the ANN tok/s")
-    for name, ratio in wide.items():
-        report(f"whole-model decode ({name}, hidden {WIDE['hidden']}): {ratio:.2f}x the ANN tok/s")
+    for name, (ratio, ratio_int8) in wide.items():
+        report(
+            f"whole-model decode ({name}, hidden {WIDE['hidden']}): {ratio:.2f}x the fp32 ANN's "
+            f"tok/s, {ratio_int8:.2f}x the int8 ANN's"
+        )
     report(f"# load average at end: {loadavg()}; wall {time.perf_counter() - wall:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

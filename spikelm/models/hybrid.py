@@ -239,7 +239,7 @@ class HybridLM(nn.Module):
 
     def init_state(self, batch_size: int) -> HybridState:
         """The empty state (no tokens consumed) for ``batch_size`` sequences."""
-        param = self.lm_head.weight
+        param = self.embed_tokens.weight  # (the head may be swapped, e.g. quantized)
         layers = tuple(
             layer.attn.init_state(batch_size, device=param.device, dtype=param.dtype)
             for layer in self.layers
