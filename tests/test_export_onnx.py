@@ -320,6 +320,23 @@ class _Neuron(nn.Module):
         )
 
 
+def _export_neuron(layer: SpikingLinear, sample: torch.Tensor, path: Path) -> Path:
+    """One spiking layer's graph (``x`` rows in; ``y`` and ``counts`` out), written to ``path``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about spikelm's own checks
+        torch.onnx.export(
+            _Neuron(layer).eval(),
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=DEFAULT_OPSET,
+            input_names=["x"],
+            output_names=["y", "counts"],
+            dynamic_axes={"x": {0: "rows"}},
+        )
+    return path
+
+
 @pytest.fixture(scope="module")
 def wide_neuron(tmp_path_factory):
     """A 4096-wide layer's graph and rows where a library mean (torch's own reduction order) and
@@ -342,19 +359,7 @@ def wide_neuron(tmp_path_factory):
             break
     else:
         raise AssertionError("no row where the reduction order matters was found")
-    path = tmp_path_factory.mktemp("neuron") / "neuron.onnx"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's warnings about spikelm's own checks
-        torch.onnx.export(
-            _Neuron(layer).eval(),
-            (u[:2],),
-            str(path),
-            dynamo=False,
-            opset_version=DEFAULT_OPSET,
-            input_names=["x"],
-            output_names=["y", "counts"],
-            dynamic_axes={"x": {0: "rows"}},
-        )
+    path = _export_neuron(layer, u[:2], tmp_path_factory.mktemp("neuron") / "neuron.onnx")
     rows = torch.cat([u[rows], u[:16]])
     y, counts = _session(path).run(None, {"x": rows.numpy()})
     return layer, rows, y, counts
@@ -387,19 +392,7 @@ def test_graph_neuron_is_spikelm_neuron_given_its_threshold(width, options, tmp_
     net = nn.Sequential(nn.Linear(width, 8))
     net = spikelm.spiking(net, SpikeConfig(**options), calibration, progress=False)
     layer = spiking_layers(net)["0"]
-    path = tmp_path / "neuron.onnx"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Neuron(layer).eval(),
-            (torch.randn(2, width),),
-            str(path),
-            dynamo=False,
-            opset_version=DEFAULT_OPSET,
-            input_names=["x"],
-            output_names=["y", "counts"],
-            dynamic_axes={"x": {0: "rows"}},
-        )
+    path = _export_neuron(layer, torch.randn(2, width), tmp_path / "neuron.onnx")
     rows = torch.randn(64, width) * 3
     y, counts = _session(path).run(None, {"x": rows.numpy()})
     with torch.no_grad():
