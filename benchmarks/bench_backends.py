@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import os
 import statistics
 import sys
@@ -70,7 +71,7 @@ from spikelm.simulate import simulate  # noqa: E402
 
 SIZES = ((2048, 2048), (4096, 4096), (4096, 11008))
 BATCHES = (1, 16)
-SPARSITIES = (0.50, 0.80, 0.90, 0.95, 0.99)
+SPARSITIES = (0.50, 0.90, 0.99)
 
 
 class Report:
@@ -127,6 +128,13 @@ def timeit(
         times.append(time.perf_counter() - start)
         spent += times[-1]
     return times
+
+
+def fmt_crossovers(crossovers: dict) -> str:
+    if not crossovers:
+        return "none measured"
+    shown = [f"{key[0]}x{key[1]}: r={ratio:.2f}" for key, ratio in sorted(crossovers.items())]
+    return ", ".join(shown)
 
 
 def fmt_ms(times: list[float] | None) -> str:
@@ -220,6 +228,49 @@ def memory_bandwidth(reps: int) -> float:
     return 2 * src.nbytes / best
 
 
+def read_bandwidth(reps: int) -> float:
+    """Bytes per second of a streaming read of 16 MiB of int8 by numba threads (every thread a
+    contiguous part, caches flushed before each call, best of ``reps``): what a kernel that
+    reads its weights once can reach at most. The bound of the spiking kernels below."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def read(a, parts, out):
+        rows = a.shape[0] // parts
+        for p in prange(parts):
+            acc = np.zeros(a.shape[1], dtype=np.int16)
+            for k in range(p * rows, (p + 1) * rows):
+                for j in range(np.uint64(0), np.uint64(a.shape[1])):
+                    acc[j] += a[k, j]
+            out[p] = acc.sum()
+
+    data = np.ones((16384, 1024), dtype=np.int8)
+    parts = numba.get_num_threads()
+    out = np.zeros(parts, dtype=np.int64)
+    read(data, parts, out)
+    best = float("inf")
+    for _ in range(reps):
+        flush_caches()
+        start = time.perf_counter()
+        read(data, parts, out)
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+@contextlib.contextmanager
+def numba_path(path: str) -> Iterator[None]:
+    """Force the numba backend's path (``counts``, ``events`` or ``auto``) for the block."""
+    from spikelm.backends.numba import driver
+
+    previous = driver.PATH
+    driver.PATH = path
+    try:
+        yield
+    finally:
+        driver.PATH = previous
+
+
 def int8_baseline(model: nn.Module) -> nn.Module:
     """The same model with int8 weights on torch's dynamic quantization (W8A8: activations
     quantized per call), the int8 CPU path issue 12 measures spikelm against."""
@@ -232,38 +283,38 @@ def int8_baseline(model: nn.Module) -> nn.Module:
         )
 
 
-def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) -> dict:
+def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> dict:
     config = SpikeConfig()
     make_sj, sj_reason = spikingjelly_runner()
     if sj_reason:
         report(f"SpikingJelly not available: {sj_reason}")
     numba_fn = get_backend("numba")
-    events_fn = get_backend("torch_events")
     gen = torch.Generator().manual_seed(0)
     key: dict = {}
     report(
-        "times in ms, min/median | sparsity = 1 - events/(in*T) | 'x dense' = dense/numba, "
-        "'x int8' = int8/numba (torch dynamic quantization, W8A8), 'x SJ' = SpikingJelly/numba "
-        "(>1: numba faster) | BW frac = numba events/s / (BW/out bytes)"
+        "times in ms, min/median of the numba backend's two exact paths (bit-identical outputs): "
+        "'counts' = count-domain W_q n, 'events' = event-driven; sparsity = 1 - events/(in*T); "
+        "'x dense' / 'x int8' / 'x SJ' = that baseline's median / the faster exact path's (>1: "
+        "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'BW%' = share of "
+        "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches"
     )
     report(
-        "(BW frac > 1 is possible: the kernel reads a channel's column once for all its events, "
-        "and between repeated calls an int8 layer up to 4096x4096 (16 MiB) stays in this "
-        "machine's 32 MiB L3 while its fp32 copy (64 MiB) does not; 'cold' rows: demo counts "
-        "with every cache flushed (64 MiB written) before each timed call, for every "
-        "column, as a layer of a large model sees it)"
+        "'cold' rows: demo counts with every cache flushed (64 MiB written) before each timed "
+        "call, as a layer of a large model sees it; warm rows keep an int8 layer of up to 16 MiB "
+        "in this machine's L3. torch_events is a CUDA path (~0.1 s per 4096x4096 token on the "
+        "CPU), not timed here"
     )
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
-        f"{'numba':>15} {'torch_events':>15} {'dense F.linear':>15} {'int8 dynamic':>15} "
-        f"{'SpikingJelly':>15} | {'x dense':>7} {'x int8':>7} {'x SJ':>7} {'BW frac':>7}"
+        f"{'counts path':>13} {'events path':>13} {'dense F.linear':>14} {'int8 dynamic':>13} "
+        f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'BW% c':>5} "
+        f"{'BW% e':>5}"
     )
     for in_f, out_f in SIZES:
         torch.manual_seed(0)
         layer = spiking_layer(nn.Linear(in_f, out_f, bias=False), config, f"{in_f}x{out_f}")
         weight = layer.dequantized_weight()
         int8 = int8_baseline(nn.Sequential(nn.Linear(in_f, out_f, bias=False)))
-        layer.transposed_weight_q()
         sj_run = make_sj(weight, config.steps) if make_sj else None
         report()
         report(header)
@@ -282,19 +333,19 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
                 v_th = torch.full((batch, 1), 0.01)
                 x = counts * v_th
                 events = event_count(counts, config)
+                active = int(counts.count_nonzero())
                 spars = 1.0 - events / (batch * in_f * config.steps)
                 reps, budget = args.reps, args.budget
+                times = {}
                 with torch.no_grad():
-                    for _ in range(10):  # PARALLEL="auto" times both kernels on first calls
-                        numba_fn(layer, counts, v_th)
-                    t_numba = timeit(
-                        lambda a=(layer, counts, v_th): numba_fn(*a), reps, budget, before=cold
-                    )
-                    t_events = None
-                    if cold is None:
-                        t_events = timeit(
-                            lambda a=(layer, counts, v_th): events_fn(*a), reps, budget
-                        )
+                    for path in ("counts", "events"):
+                        with numba_path(path):
+                            for _ in range(10):  # PARALLEL="auto" times both kernels first
+                                numba_fn(layer, counts, v_th)
+                            times[path] = timeit(
+                                lambda a=(layer, counts, v_th): numba_fn(*a), reps, budget,
+                                before=cold,
+                            )  # fmt: skip
                     t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget, before=cold)
                     t_int8 = timeit(lambda f=int8, a=x: f(a), reps, budget, before=cold)
                     t_sj = None
@@ -302,19 +353,79 @@ def layer_section(args, report: Report, pool: torch.Tensor, bandwidth: float) ->
                         scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
                         xs = x / scale
                         t_sj = timeit(lambda f=sj_run, a=xs: f(a), reps, budget, before=cold)
-                n_med = statistics.median(t_numba)
-                x_dense = statistics.median(t_dense) / n_med
-                x_int8 = statistics.median(t_int8) / n_med
-                x_sj = statistics.median(t_sj) / n_med if t_sj else float("nan")
-                frac = (events / n_med) / (bandwidth / out_f)
+                med = {path: statistics.median(t) for path, t in times.items()}
+                best = min(med.values())
+                x_dense = statistics.median(t_dense) / best
+                x_int8 = statistics.median(t_int8) / best
+                x_sj = statistics.median(t_sj) / best if t_sj else float("nan")
+                bound = active * out_f / read_bw  # seconds to read the active columns once
                 report(
                     f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
-                    f"{events / batch:>7.0f} | {fmt_ms(t_numba):>15} {fmt_ms(t_events):>15} "
-                    f"{fmt_ms(t_dense):>15} {fmt_ms(t_int8):>15} {fmt_ms(t_sj):>15} | "
-                    f"{x_dense:>7.2f} {x_int8:>7.2f} {x_sj:>7.2f} {frac:>7.2f}"
+                    f"{events / batch:>7.0f} | {fmt_ms(times['counts']):>13} "
+                    f"{fmt_ms(times['events']):>13} {fmt_ms(t_dense):>14} {fmt_ms(t_int8):>13} "
+                    f"{fmt_ms(t_sj):>13} | {x_dense:>7.2f} {x_int8:>6.2f} {x_sj:>6.2f} | "
+                    f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%}"
                 )
-                key[(in_f, out_f, batch, label)] = (x_dense, x_int8, x_sj, frac)
+                key[(in_f, out_f, batch, label)] = {
+                    "x_dense": x_dense,
+                    "x_int8": x_int8,
+                    "x_sj": x_sj,
+                    "bw_counts": bound / med["counts"],
+                    "bw_events": bound / med["events"],
+                    "faster": min(med, key=med.get),
+                    "mb": active * out_f / batch / 1e6,
+                }
     return key
+
+
+def overhead_section(args, report: Report) -> dict:
+    """Per-call time of one layer at batch 1 where the arithmetic is negligible (128 x 128) and
+    at 1024 x 1024: SpikingLinear (numba, the whole neuron + kernel call) vs nn.Linear,
+    F.linear and the int8 dynamic Linear."""
+    config = SpikeConfig()
+    report(
+        "microseconds per call, batch 1, median of 2000 calls (after 200), one thread; "
+        "SpikingLinear = the whole spiking layer (threshold, spike counts, integer kernel, "
+        "epilogue, bias) through its forward, numba backend, demo-like input"
+    )
+    header = (
+        f"{'in x out':>11} | {'SpikingLinear':>13} {'nn.Linear':>10} {'F.linear':>9} "
+        f"{'int8 Linear':>11} | {'x F.linear':>10}"
+    )
+    report(header)
+    report("-" * len(header))
+    results = {}
+    with torch.no_grad(), torch_threads(1):
+        for size in (128, 1024):
+            torch.manual_seed(0)
+            linear = nn.Linear(size, size)
+            layer = spiking_layer(linear, config, f"{size}x{size}", backend="numba")
+            int8 = int8_baseline(nn.Sequential(linear))
+            x = torch.randn(1, size)
+            calls = {
+                "spiking": functools.partial(layer, x),
+                "module": functools.partial(linear, x),
+                "functional": functools.partial(F.linear, x, linear.weight, linear.bias),
+                "int8": functools.partial(int8, x),
+            }
+            med = {}
+            for name, call in calls.items():
+                for _ in range(200):
+                    call()
+                samples = []
+                for _ in range(20):
+                    start = time.perf_counter()
+                    for _ in range(100):
+                        call()
+                    samples.append((time.perf_counter() - start) / 100)
+                med[name] = statistics.median(samples) * 1e6
+            report(
+                f"{f'{size}x{size}':>11} | {med['spiking']:>13.1f} {med['module']:>10.1f} "
+                f"{med['functional']:>9.1f} {med['int8']:>11.1f} | "
+                f"{med['spiking'] / med['functional']:>10.2f}"
+            )
+            results[size] = med
+    return results
 
 
 def peak_rss_reset() -> bool:
@@ -390,7 +501,11 @@ def decode_section(args, report: Report) -> dict:
         f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
         f"(greedy), torch threads = 1; peak = VmHWM after a reset (process-wide RSS, MiB)"
     )
-    runs = {"ANN fp32 (adapter step)": lambda: ann_decode(ann, prompt, args.new_tokens)}
+    quantized = int8_baseline(ann)
+    runs = {
+        "ANN fp32 (adapter step)": lambda: ann_decode(ann, prompt, args.new_tokens),
+        "ANN int8 dynamic (adapter step)": lambda: ann_decode(quantized, prompt, args.new_tokens),
+    }
     for b in ("numba", "torch"):
         runs[f"spiking, simulate backend={b}"] = lambda b=b: snn_decode(
             snn, prompt, args.new_tokens, backend=b, threads=1
@@ -404,9 +519,13 @@ def decode_section(args, report: Report) -> dict:
             results[name] = statistics.median(tps)
             report(f"{name:<34} {tokens:>6} {max(tps):>10.1f} {results[name]:>10.1f} {peak:>9.0f}")
     ann_tps = results["ANN fp32 (adapter step)"]
+    int8_tps = results["ANN int8 dynamic (adapter step)"]
     for name, med in results.items():
         if name.startswith("spiking"):
-            report(f"  {name}: {med / ann_tps:.2f}x the ANN's tokens/s (median)")
+            report(
+                f"  {name}: {med / ann_tps:.2f}x the fp32 ANN's tokens/s, {med / int8_tps:.2f}x "
+                "the int8 ANN's (median)"
+            )
     return results
 
 
@@ -509,7 +628,9 @@ def main() -> None:
     args.eval_windows = 16 if args.full else 4
 
     report = Report()
-    report("# bench_backends: spiking linear backends vs dense fp32 and SpikingJelly 2.0")
+    report(
+        "# bench_backends: spiking linear layers and decode vs dense fp32, int8 and SpikingJelly 2.0"
+    )
     report(describe_machine())
     report(
         f"# load average at start: {loadavg()} (1/5/15 min) -- shared machine: other jobs "
@@ -518,23 +639,30 @@ def main() -> None:
     report(f"# mode: {'full' if args.full else 'quick'}; coding {SpikeConfig().coding}, T=8, k=3")
     wall = time.perf_counter()
 
-    from spikelm.backends import numba_events
+    import numba
 
-    numba_events.warmup()
+    from spikelm.backends import numba as numba_backend
+    from spikelm.backends.numba import driver
+
+    numba_backend.warmup()
     report()
-    report("## 4. compile cost (numba)")
+    report("## 5. compile cost (numba)")
     report(
-        f"warmup(): {numba_events.compile_seconds():.2f} s compiling / loading kernels "
-        f"(on-disk cache {numba_events.cache_stats()}), excluded from every timing below; "
-        f"numba threads {numba_events.numba.get_num_threads()}, PARALLEL={numba_events.PARALLEL!r}"
+        f"warmup(): {numba_backend.compile_seconds():.2f} s compiling / loading kernels "
+        f"(on-disk cache {numba_backend.cache_stats()}), excluded from every timing below; "
+        f"numba threads {numba.get_num_threads()}, PARALLEL={driver.PARALLEL!r}"
     )
 
     report()
-    report("## 3. memory bandwidth (numpy copy of 256 MiB, read + write)")
+    report("## 4. memory bandwidth")
     bandwidth = memory_bandwidth(5 if args.full else 3)
-    report(f"bandwidth: {bandwidth / 1e9:.2f} GB/s -> event bound = BW / out bytes (int8 column)")
-    for _, out_f in SIZES:
-        report(f"  out={out_f}: <= {bandwidth / out_f / 1e6:.1f} M events/s")
+    read_bw = read_bandwidth(10 if args.full else 5)
+    report(
+        f"numpy copy of 256 MiB (read + write): {bandwidth / 1e9:.1f} GB/s; streaming read of "
+        f"16 MiB int8 by {numba.get_num_threads()} numba threads, caches flushed: "
+        f"{read_bw / 1e9:.1f} GB/s (the read bound below: a layer must read each active "
+        "channel's int8 column at least once)"
+    )
 
     report()
     report("## 1. one spiking linear layer")
@@ -544,10 +672,18 @@ def main() -> None:
         f"{demo_stats.spikes_per_channel:.3f} spikes/channel, sparsity {demo_stats.sparsity:.1%}, "
         f"silent share {demo_stats.silent_share:.1%}; 'demo' rows sample these real counts"
     )
-    key = layer_section(args, report, pool, bandwidth)
+    key = layer_section(args, report, pool, read_bw)
+    report(
+        "count/event crossover measured per shape (count path when a row's events > r x its "
+        f"active channels): {fmt_crossovers(numba_backend.path_crossovers())}"
+    )
 
     report()
-    report("## 2. whole-model decode")
+    report("## 2. per-call overhead of one layer")
+    overhead = overhead_section(args, report)
+
+    report()
+    report("## 3. whole-model decode")
     decode = decode_section(args, report)
     report()
     wide = wide_decode_section(args, report)
@@ -555,15 +691,27 @@ def main() -> None:
     report()
     report("## key ratios")
     for label, what in (("demo", "warm caches"), ("cold", "caches flushed")):
-        x_dense, x_int8, x_sj, frac = key[(4096, 4096, 1, label)]
+        k = key[(4096, 4096, 1, label)]
         report(
-            f"4096x4096, batch 1, demo firing, {what}: numba {x_dense:.2f}x the speed of dense "
-            f"F.linear, {x_int8:.2f}x that of int8 dynamic quantization, {x_sj:.2f}x that of "
-            f"SpikingJelly; {frac:.0%} of the bandwidth bound"
+            f"4096x4096, batch 1, demo firing, {what}: fastest exact path ({k['faster']}) "
+            f"{k['x_dense']:.2f}x the speed of dense F.linear, {k['x_int8']:.2f}x that of int8 "
+            f"dynamic quantization, {k['x_sj']:.2f}x that of SpikingJelly; read bound reached: "
+            f"count path {k['bw_counts']:.0%}, event path {k['bw_events']:.0%} "
+            f"({k['mb']:.1f} MB of active columns per token at {read_bw / 1e9:.1f} GB/s)"
+        )
+    for size, med in overhead.items():
+        report(
+            f"per-call time, {size}x{size} batch 1: SpikingLinear {med['spiking']:.1f} us, "
+            f"F.linear {med['functional']:.1f} us, nn.Linear {med['module']:.1f} us, int8 "
+            f"Linear {med['int8']:.1f} us"
         )
     ann_tps = decode["ANN fp32 (adapter step)"]
+    int8_tps = decode["ANN int8 dynamic (adapter step)"]
     spk = decode["spiking, simulate backend=numba"]
-    report(f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the ANN tok/s")
+    report(
+        f"whole-model decode (demo, batch 1): spiking/numba {spk / ann_tps:.2f}x the fp32 ANN's "
+        f"tok/s, {spk / int8_tps:.2f}x the int8 ANN's"
+    )
     for name, (ratio, ratio_int8) in wide.items():
         report(
             f"whole-model decode ({name}, hidden {WIDE['hidden']}): {ratio:.2f}x the fp32 ANN's "

@@ -78,7 +78,10 @@ def sweep(
         curves[recipe] = []
         for k in k_values:
             config = SpikeConfig(k=k, **options)
-            snn = spiking(copy.deepcopy(ann), config, calib, progress=False)
+            # unfused: every projection's input train counted, as SpikingBrain counts them, so that
+            # recipes whose layers fuse (dynamic) and those that cannot (Fisher, smoothing:
+            # per-layer divisors) are compared spike for spike
+            snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=False)
             reference, scored = compare(ann, {"spiking": snn}, evaluation)
             ann_ppl = reference.perplexity
             stats = scored.stats

@@ -1,12 +1,21 @@
 """Spiking checkpoints: a directory that restores a converted model exactly.
 
     DIR/config.json         the source model's config (Hugging Face style)
-    DIR/spikelm.json        format, version, SpikeConfig, the converted layers and their shapes
+    DIR/spikelm.json        format, version, SpikeConfig, the converted layers and their shapes,
+                            and (version 2) which of them are fused layers of which members
     DIR/model.safetensors   every tensor: int8 weight codes, scales, divisors, thresholds, and the
                             layers kept dense (embeddings, norms, lm_head, recurrences)
     DIR/tokenizer*          the source tokenizer's files, when it had one
 
 The directory is written beside its target and renamed into place (``spikelm.fileio``).
+
+A model with fused layers (:mod:`spikelm.fusion`) is saved as version 2: each fused layer is one
+entry of ``layers`` under its fused name (``<parent>.{a,b}``, its tensors under that name), and
+``fused`` lists its members in order with their output widths:
+
+    "fused": {"blocks.0.{a,b}": [{"name": "blocks.0.a", "out": 64}, {"name": "blocks.0.b", "out": 32}]}
+
+A model without fused layers is saved as version 1, exactly as before; both versions load.
 """
 
 from __future__ import annotations
@@ -29,11 +38,16 @@ from spikelm.config import SpikeConfig
 from spikelm.convert import _set_submodule
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
 from spikelm.fileio import atomic_directory, check_safetensors_file, one_line
+from spikelm.fusion import FusedSpikingLinear, SharedInputSlice, fused_name, install
 from spikelm.layers import SpikingLinear, spiking_layers
 from spikelm.outputs import check_output
 
 FORMAT = "spikelm.checkpoint"
 VERSION = 1
+"""The version of a checkpoint without fused layers."""
+FUSED_VERSION = 2
+"""The version of a checkpoint with fused layers (a ``fused`` entry in the manifest)."""
+VERSIONS = (VERSION, FUSED_VERSION)
 MANIFEST = "spikelm.json"
 WEIGHTS = "model.safetensors"
 
@@ -58,15 +72,17 @@ def save(
     if config is None or not layers:
         raise ConfigError("save() needs a model converted by spikelm (no SpikingLinear found)")
     adapter = adapter_for(model)
+    fused = _fused_entries(model, layers)
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": FUSED_VERSION if fused else VERSION,
         "source": adapter.checkpoint_source,
         "spike_config": config.to_dict(),
         "layers": {
             name: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
             for name, m in layers.items()
         },
+        **({"fused": fused} if fused else {}),
         "metadata": metadata or {},
     }
     target = Path(directory)
@@ -80,6 +96,34 @@ def save(
     except OSError as error:
         raise SpikelmError(f"{target}: cannot write spiking checkpoint ({error})") from error
     return target
+
+
+def _fused_entries(model: nn.Module, layers: dict[str, SpikingLinear]) -> dict[str, list]:
+    """The manifest's ``fused`` entry: each fused layer's members and their output widths,
+    checked against the model (every member a slice of that fused layer, in place)."""
+    entries = {}
+    for name, layer in layers.items():
+        if not isinstance(layer, FusedSpikingLinear):
+            continue
+        members = layer.member_names(name)
+        for index, member in enumerate(members):
+            try:
+                found = model.get_submodule(member)
+            except AttributeError:
+                found = None
+            if not (
+                isinstance(found, SharedInputSlice)
+                and found.fused is layer
+                and found.index == index
+            ):
+                raise ConfigError(
+                    f"fused layer {name!r}: {member!r} is not its slice {index}; the model was "
+                    "changed after fusion"
+                )
+        entries[name] = [
+            {"name": member, "out": out} for member, out in zip(members, layer.splits, strict=True)
+        ]
+    return entries
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -96,10 +140,11 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise SpikelmError(f"{manifest_path}: unreadable ({one_line(error)})") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SpikelmError(f"{manifest_path}: not a spikelm checkpoint manifest")
-    if manifest.get("version") != VERSION:
+    version = manifest.get("version")
+    if isinstance(version, bool) or version not in VERSIONS:
         raise SpikelmError(
-            f"{manifest_path}: checkpoint version {manifest.get('version')!r}; "
-            f"this spikelm reads version {VERSION}"
+            f"{manifest_path}: checkpoint version {version!r}; "
+            f"this spikelm reads versions {VERSION} and {FUSED_VERSION}"
         )
     if not isinstance(manifest.get("spike_config"), dict):
         raise CheckpointError(f"{manifest_path}: no spike_config object")
@@ -116,7 +161,60 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{manifest_path}: layer {name!r} needs positive integers 'in', 'out' and a "
                 f"boolean 'bias', got {json.dumps(shape)[:80]}"
             )
+    _check_fused(manifest, manifest_path)
     return manifest
+
+
+def _check_fused(manifest: dict[str, Any], where: Path) -> None:
+    """Refuse a malformed ``fused`` entry, in one line: it must name layers of ``layers`` by
+    their canonical fused names, each with two or more sibling members (objects with a ``name``
+    and a positive ``out``) whose widths add up to the layer's, no member twice."""
+    if "fused" not in manifest:
+        return
+    fused = manifest["fused"]
+    if manifest["version"] != FUSED_VERSION:
+        raise CheckpointError(f"{where}: a 'fused' entry needs checkpoint version {FUSED_VERSION}")
+    if not isinstance(fused, dict) or not fused:
+        raise CheckpointError(f"{where}: 'fused' must be an object naming fused layers")
+    layers = manifest["layers"]
+    seen: set[str] = set()
+    for name, members in fused.items():
+        if name not in layers:
+            raise CheckpointError(f"{where}: fused layer {name!r} is not in 'layers'")
+        if not (
+            isinstance(members, list)
+            and len(members) >= 2
+            and all(
+                isinstance(m, dict)
+                and set(m) == {"name", "out"}
+                and isinstance(m["name"], str)
+                and _positive_int(m["out"])
+                for m in members
+            )
+        ):
+            raise CheckpointError(
+                f"{where}: fused layer {name!r} needs a list of two or more members "
+                f"{{'name': str, 'out': positive int}}, got {json.dumps(members)[:80]}"
+            )
+        names = [m["name"] for m in members]
+        try:
+            expected = fused_name(names)
+        except ConfigError:
+            expected = None
+        if expected != name:
+            raise CheckpointError(
+                f"{where}: fused layer {name!r} does not match its members {names}"[:300]
+            )
+        total = sum(m["out"] for m in members)
+        if total != layers[name]["out"]:
+            raise CheckpointError(
+                f"{where}: fused layer {name!r} has {layers[name]['out']} outputs but its members "
+                f"add up to {total}"
+            )
+        for member in names:
+            if member in seen or member in layers:
+                raise CheckpointError(f"{where}: layer {member!r} is listed twice")
+            seen.add(member)
 
 
 def _positive_int(value: object) -> bool:
@@ -173,17 +271,35 @@ def load(
         adapter = _adapter(path, manifest.get("source"))
         _check_size(adapter, path, weights)
         model, tokenizer = adapter.skeleton(path), adapter.tokenizer(path)
+    fused = manifest.get("fused", {})
     for name, shape in manifest["layers"].items():
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise SpikelmError(
-                f"{path}: the model has no layer {name!r} recorded in {MANIFEST}"
-            ) from None
-        layer = SpikingLinear(
-            shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
-        )
-        _set_submodule(model, name, layer)
+        members = fused.get(name)
+        for target in [m["name"] for m in members] if members else [name]:
+            try:
+                module = model.get_submodule(target)
+            except AttributeError:
+                raise SpikelmError(
+                    f"{path}: the model has no layer {target!r} recorded in {MANIFEST}"
+                ) from None
+            if members:
+                _check_member(path, target, module, shape, members)
+        if members:
+            layer = FusedSpikingLinear(
+                shape["in"],
+                shape["out"],
+                config,
+                parts=[m["name"].rpartition(".")[2] for m in members],
+                splits=[m["out"] for m in members],
+                bias=shape["bias"],
+                backend=backend,
+                name=name,
+            )
+            install(model, layer)
+        else:
+            layer = SpikingLinear(
+                shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
+            )
+            _set_submodule(model, name, layer)
     _check_against(model, stored, weights)
     try:
         load_model(model, str(weights), strict=True)
@@ -196,6 +312,25 @@ def load(
     model.eval()
     adapter_for(model).converted(model)
     return (model, tokenizer) if with_tokenizer else model
+
+
+def _check_member(
+    path: Path, name: str, module: nn.Module, shape: dict[str, Any], members: list[dict]
+) -> None:
+    """A fused member must be a linear layer of the architecture with the width it records."""
+    out = next(m["out"] for m in members if m["name"] == name)
+    if not isinstance(module, nn.Linear):
+        raise CheckpointError(
+            f"{path}: fused member {name!r} is a {type(module).__name__} in the model, not a "
+            "linear layer"
+        )
+    has_bias = module.bias is not None
+    if (module.in_features, module.out_features, has_bias) != (shape["in"], out, shape["bias"]):
+        raise CheckpointError(
+            f"{path}: fused member {name!r} is {out}x{shape['in']} (bias {shape['bias']}) in "
+            f"{MANIFEST} but {module.out_features}x{module.in_features} (bias {has_bias}) in "
+            "the model"
+        )
 
 
 def _check_size(adapter: Adapter, path: Path, weights: Path) -> None:

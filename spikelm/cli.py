@@ -184,6 +184,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         source=args.src,
         patterns={"--keep-dense": args.keep_dense or ()},
+        fuse=not args.no_fuse,
     )
     if result.scores:
         print(_fidelity_table(result))
@@ -232,7 +233,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"{result.events_per_second:,.0f} spike events/s "
         f"({result.events:,} events in {result.seconds:.2f} s"
         + (
-            f"; {result.compile_seconds:.2f} s compiling/loading numba kernels before that"
+            f"; {result.compile_seconds:.2f} s compiling/loading kernels before that"
             if result.compile_seconds
             else ""
         )
@@ -242,6 +243,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"firing rate {stats.firing_rate:.4f}, sparsity {stats.sparsity:.4f}, "
         f"spikes/channel {stats.spikes_per_channel:.3f}, silent share {stats.silent_share:.3f}, "
         f"steps used {stats.steps_used}/{stats.steps} ({len(result.layer_stats)} spiking layers)"
+    )
+    print(
+        "execution paths (layer rows): " + ", ".join(f"{k} {v:,}" for k, v in result.paths.items())
     )
     if result.record is not None:
         print(
@@ -398,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-unused-weights",
         action="store_true",
         help="accept checkpoint tensors the architecture does not use (default: an error)",
+    )
+    convert.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep every projection a separate spiking layer (default: layers that read one "
+        "input and share their neuron are fused into one, e.g. 'attn.{q_proj,k_proj,v_proj}')",
     )
     _add_conversion_options(convert)
     convert.set_defaults(handler=_cmd_convert)

@@ -6,11 +6,16 @@
 
 Conversion goes layer by layer: each float weight is quantized and released before the next, so
 peak memory stays near the model's own size. ``spiking(model, config, batches)`` does all three.
+
+With ``fuse=True`` (the default) sibling layers that read one input tensor and end up with the
+same neuron become one fused ``SpikingLinear`` (:mod:`spikelm.fusion`); which layers share an
+input is traced on the calibration batches (``spiking``) or on a short forward of a few tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -28,6 +33,7 @@ from spikelm.calibrate import (
 )
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
+from spikelm.fusion import member_names
 from spikelm.layers import SpikingLinear
 from spikelm.quant import W8A8Linear, quantize_weight
 
@@ -47,17 +53,22 @@ def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear
 
 
 def select_layers(layers: dict[str, nn.Module], patterns: Iterable[str], option: str) -> dict:
-    """The entries of ``layers`` whose names match one of ``patterns``; :class:`ConfigError`
-    naming ``option`` for a pattern that matches none."""
+    """The entries of ``layers`` whose names match one of ``patterns`` (a fused layer also by
+    its members' names, :func:`spikelm.fusion.member_names`); :class:`ConfigError` naming
+    ``option`` for a pattern that matches none."""
     patterns = list(patterns)
+
+    def hit(name: str, pattern: str) -> bool:
+        return any(fnmatchcase(n, pattern) for n in member_names(name))
+
     for pattern in patterns:
-        if not any(fnmatchcase(name, pattern) for name in layers):
+        if not any(hit(name, pattern) for name in layers):
             names = list(layers)
             shown = ", ".join(names[:4]) + (
                 f", ... ({len(names)} in all)" if len(names) > 4 else ""
             )
             raise ConfigError(f"{option} {pattern!r} matches no spiking layer; layers: {shown}")
-    return {n: m for n, m in layers.items() if any(fnmatchcase(n, p) for p in patterns)}
+    return {n: m for n, m in layers.items() if any(hit(n, p) for p in patterns)}
 
 
 def check_patterns(model: nn.Module, patterns: Iterable[str], option: str) -> None:
@@ -116,19 +127,45 @@ def spiking_layer(
     return layer.to(linear.weight.device)
 
 
-def convert(model: nn.Module, *, backend: str = "torch") -> nn.Module:
-    """Replace every layer ``prepare`` marked with a ``SpikingLinear``, in place; returns ``model``."""
+def convert(
+    model: nn.Module,
+    *,
+    backend: str = "torch",
+    fuse: bool = True,
+    shared_inputs: Iterable[Sequence[str]] | None = None,
+) -> nn.Module:
+    """Replace every layer ``prepare`` marked with a ``SpikingLinear``, in place; returns ``model``.
+
+    ``fuse``: fuse sibling layers that read one input and have identical neuron parameters
+    (:func:`spikelm.fusion.fuse`). ``shared_inputs`` are the groups of layer names known to read
+    one input (``spikelm.fusion.tracing`` around ``calibrate``); ``None`` traces one short forward
+    of the float model here (a family adapter's model only).
+    """
     config: SpikeConfig | None = getattr(model, "_spikelm_config", None)
     if config is None:
         raise ConfigError("convert() needs a model returned by prepare() (and calibrate())")
     observers = detach_observers(model)
     level = _fisher_level(observers, config)
-    for name in list(target_linears(model, config)):  # names only: no float layer kept alive
+    targets = list(target_linears(model, config))  # names only: no float layer kept alive
+    groups: list[tuple[str, ...]] = []
+    if fuse:
+        if shared_inputs is None:
+            from spikelm.fusion import trace_shared_inputs
+
+            shared_inputs = trace_shared_inputs(
+                model, {name: model.get_submodule(name) for name in targets}
+            )
+        groups = [tuple(group) for group in shared_inputs]
+    for name in targets:
         linear = model.get_submodule(name)
         observer = observers.pop(name, None)
         layer = spiking_layer(linear, config, name, observer, backend, fisher_level=level)
         _set_submodule(model, name, layer)
         del linear, layer
+    if groups:
+        from spikelm.fusion import fuse as fuse_layers
+
+        fuse_layers(model, groups, config)
     adapter_for(model).converted(model)
     return model
 
@@ -150,15 +187,25 @@ def spiking(
     *,
     progress: bool = True,
     backend: str = "torch",
+    fuse: bool = True,
 ) -> nn.Module:
-    """prepare, calibrate and convert in one call (``run`` as in :func:`calibrate`)."""
+    """prepare, calibrate and convert in one call (``run`` as in :func:`calibrate`); with
+    ``fuse``, the calibration forwards also find the layers that share an input."""
+    from spikelm.fusion import tracing
+
     prepare(model, config)
+    shared = None
     try:
-        calibrate(model, batches, run, progress=progress)
+        with contextlib.ExitStack() as stack:
+            if fuse:
+                tracer = stack.enter_context(tracing(target_linears(model, config)))
+            calibrate(model, batches, run, progress=progress)
+        if fuse:
+            shared = tracer.groups()
     except BaseException:
         detach_observers(model)
         raise
-    return convert(model, backend=backend)
+    return convert(model, backend=backend, fuse=fuse, shared_inputs=shared)
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from spikelm.backends import fused_backend, get_backend
+from spikelm.backends import select
+from spikelm.backends.base import ran
 from spikelm.config import SpikeConfig
 from spikelm.encoders import get_coder
 from spikelm.estimators import SpikeStats
@@ -134,19 +135,27 @@ class SpikingLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        fused = None if self.spike_cost else fused_backend(self.backend, rows)
-        if fused is not None:  # counts computed inside the backend: one call
-            y, counts = fused(self, rows)
+        backend = select(self.backend, rows)
+        if (
+            backend.forward is not None
+            and rows.device.type == backend.forward_device
+            and not self.spike_cost
+            and self.out_features
+        ):  # neuron and matmul in one call; the same counts, bias included
+            y, counts = backend.forward(self, rows)
             if self.probe is not None:
-                counts = counts.to(torch.float32)  # as spike_counts gives them
+                self.probe(self, counts.to(torch.float32))  # as spike_counts gives them
         else:
             counts, v_th = self.spike_counts(rows)
-            y = get_backend(self.backend)(self, counts, v_th)
-        if self.probe is not None:
-            self.probe(self, counts)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            y = backend.linear(self, counts, v_th)
+            ran(backend.name, rows.shape[0])
+            if self.probe is not None:
+                self.probe(self, counts)
+            if self.bias is not None:
+                y = y + self.bias
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else "static"

@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ import torch
 from torch import nn
 
 from spikelm.adapters import Adapter, adapter_for
+from spikelm.backends.base import counting_paths
+from spikelm.convert import select_layers
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
@@ -86,6 +87,9 @@ class SimulationResult:
     """Estimated dense MACs of attention and recurrences per phase (``estimators.dense``)."""
     dense_linears: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     """``(in, out)`` of every linear layer left dense (the head, kept-dense layers)."""
+    paths: dict[str, int] = field(default_factory=dict)
+    """Rows (layer calls x tokens) each execution path ran, e.g. ``numba.counts``,
+    ``numba.events``, ``torch`` (:func:`spikelm.backends.counting_paths`)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -282,18 +286,14 @@ def _library_versions() -> str:
 
 
 def _compile_kernels(layers: Iterable[SpikingLinear], device: torch.device) -> float:
-    """Compile (or load) the numba kernels the layers will run, before any timing: seconds."""
+    """Compile (or load) the kernels the layers' backends will run, before any timing: seconds."""
+    from spikelm.backends import warmup
+
     layers = list(layers)
-    if device.type != "cpu" or not any(layer.backend in ("numba", "auto") for layer in layers):
-        return 0.0
-    from spikelm.backends import numba_available
-
-    if not numba_available():
-        return 0.0
-    from spikelm.backends import numba_events
-    from spikelm.backends.events import accumulator_dtype
-
-    return numba_events.warmup(tuple({accumulator_dtype(layer) for layer in layers}))
+    return sum(
+        warmup(name, [layer for layer in layers if layer.backend == name], device)
+        for name in sorted({layer.backend for layer in layers})
+    )
 
 
 def _vocab_size(model: nn.Module) -> int | None:
@@ -318,20 +318,6 @@ def _as_ids(token_ids: Any, vocab_size: int | None) -> torch.Tensor:
         bad = low if low < 0 else high
         raise ConfigError(f"token id {bad} is outside the model's vocabulary [0, {vocab_size})")
     return ids
-
-
-def _select(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
-    names = list(names)
-    chosen = [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
-    for pattern in patterns:
-        if not any(fnmatchcase(n, pattern) for n in names):
-            shown = ", ".join(names[:6]) + (
-                f", ... ({len(names)} in all)" if len(names) > 6 else ""
-            )
-            raise ConfigError(
-                f"layer pattern {pattern!r} matches no spiking layer; layers: {shown}"
-            )
-    return chosen
 
 
 def _check_counts(new_tokens: Any, threads: Any) -> None:
@@ -403,7 +389,7 @@ def simulate(
     if not adapter.steps:
         adapter.init_state(model)  # raises: no adapter knows the family
     ids = _as_ids(token_ids, _vocab_size(model))
-    recorded = _select(spiking, list(layers)) if record is not None else []
+    recorded = list(select_layers(spiking, layers, "layer pattern")) if record is not None else []
     if record is not None and not recorded:
         raise ConfigError("no layer patterns given for the recording")
     if backend is not None:
@@ -429,6 +415,7 @@ def simulate(
         writer = _writer(stack, record, spiking, recorded, {**attrs, "input_tokens": len(ids)})
         probes = {n: _LayerProbe(n, layer, n in recorded) for n, layer in spiking.items()}
         stack.enter_context(probed(spiking, probes))
+        paths = counting_paths()
         planned = len(ids) + max(new_tokens - 1, 0)
         bar = stack.enter_context(
             tqdm(total=planned, unit="tok", desc="simulating", disable=None if progress else True)
@@ -470,6 +457,7 @@ def simulate(
                     "weight_bits": next(iter(spiking.values())).weight_bits,
                     "mixer_macs": json.dumps(mixer_macs),
                     "dense_linears": json.dumps(dense_linears(model)),
+                    "paths": json.dumps(paths()),
                 }
             )
         if dev.type == "cuda":
@@ -502,6 +490,7 @@ def simulate(
         token_events=token_events,
         mixer_macs=mixer_macs,
         dense_linears=dense_linears(model),
+        paths=paths(),
     )
 
 

@@ -107,12 +107,15 @@ def convert_model(
     overwrite: bool = False,
     source: str | os.PathLike[str] | None = None,
     patterns: dict[str, Sequence[str]] | None = None,
+    fuse: bool = True,
 ) -> ConversionResult:
     """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save.
 
     ``out_dir`` follows :func:`spikelm.outputs.check_output` (``overwrite``; never the
     ``source``), checked before any work. ``patterns`` maps an option name to user-given layer
-    patterns, each of which must match one of the model's linear layers.
+    patterns, each of which must match one of the model's linear layers. ``fuse``: fuse layers
+    that share an input (:mod:`spikelm.fusion`), found on the calibration windows or, without
+    calibration data, on a short traced forward.
     """
     sources = [] if source is None else [source]
     check_output(out_dir, "checkpoint", overwrite=overwrite, sources=sources)
@@ -128,9 +131,9 @@ def convert_model(
     evaluation = _windows(eval_ids, seq_len, eval_windows, "evaluation")
     reference = copy.deepcopy(model) if evaluation is not None else None
     if calib is None:  # SpikingBrain's dynamic rule needs no calibration data
-        spiking_model = convert(prepare(model, config))
+        spiking_model = convert(prepare(model, config), fuse=fuse)
     else:
-        spiking_model = spiking(model, config, calib, progress=progress)
+        spiking_model = spiking(model, config, calib, progress=progress, fuse=fuse)
     scores = None
     if evaluation is not None:
         baseline = w8a8(copy.deepcopy(reference), config)

@@ -14,9 +14,11 @@ import torch
 import spikelm
 from spikelm import ConfigError, CountRangeError, SpikeConfig
 from spikelm.backends import (
-    INTEGER_BACKENDS,
     accumulator_backend,
     auto_backend_name,
+    backend,
+    counting_paths,
+    exact_backends,
     get_backend,
     numba_available,
     resolve_device,
@@ -38,11 +40,20 @@ CODINGS = {  # coding -> T (counts up to 255 for the bitwise ones, short unary t
     "bitwise_bidirectional": 8,
     "bitwise_twos_complement": 8,
 }
-INT_BACKENDS = [b for b in INTEGER_BACKENDS if b != "numba" or numba_available()]
+INT_BACKENDS = list(exact_backends())
 ALL_BACKENDS = [*INT_BACKENDS, "torch", "auto"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(params=["counts", "events"])
+def numba_path(request, monkeypatch) -> str:
+    """Each numba test runs once per exact path: count-domain and event-driven."""
+    from spikelm.backends.numba import driver
+
+    monkeypatch.setattr(driver, "PATH", request.param)
+    return request.param
 
 
 def _layer(coding: str, steps: int, group_size: int | None, n_in=48, n_out=40, seed=0):
@@ -305,37 +316,40 @@ def test_auto_rule() -> None:
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("coding", ["ternary", "bitwise_twos_complement"])
 def test_numba_parallel_split_matches_the_reference(
-    monkeypatch, coding: str, rows: int, group_size: int | None
+    monkeypatch, numba_path: str, coding: str, rows: int, group_size: int | None
 ) -> None:
     import numba
 
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_backend
+    from spikelm.backends.numba import driver
+    from spikelm.backends.numba import layout as blocks
 
     if numba.get_num_threads() < 2:
         pytest.skip("needs 2 numba threads")
     # Force the parallel kernel on a small layer: tasks are rows x output blocks.
-    monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(numba_events, "PARALLEL", True)
-    assert numba_events.block_width(4096, 2) == numba_events.BLOCK == 1024
-    assert numba_events.block_width(1024, 2) == 512  # narrow: a block per thread
-    assert numba_events.block_width(2816, 4) == 704
-    assert numba_events.block_width(128, 2) == 128
-    monkeypatch.setattr(numba_events, "BLOCK", 16)  # out 40: blocks of 16, 16 and 8 (padded)
+    monkeypatch.setattr(driver, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(driver, "PARALLEL", True)
+    assert blocks.block_width(4096, 2) == blocks.BLOCK == 1024
+    assert blocks.block_width(1024, 2) == 512  # narrow: a block per thread
+    assert blocks.block_width(2816, 4) == 704
+    assert blocks.block_width(128, 2) == 128
+    monkeypatch.setattr(blocks, "BLOCK", 16)  # out 40: blocks of 16, 16 and 8 (padded)
     layer = _layer(coding, CODINGS[coding], group_size)
     counts, v_th = _counts(layer, rows), _thresholds(rows)
-    acc = numba_events.accumulators(layer, counts)
+    acc = numba_backend.accumulators(layer, counts)
     assert torch.equal(acc.to(torch.int64), accumulator_backend("reference")(layer, counts))
-    assert torch.equal(
-        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
-    )
+    reference = get_backend("reference")(layer, counts, v_th)
+    paths = counting_paths()
+    assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)
+    assert paths() == {f"numba.{numba_path}": rows}
 
 
 @needs_numba
 @pytest.mark.parametrize("coding", ["bitwise_bidirectional", "bitwise_twos_complement", "ternary"])
-def test_numba_planes_are_flushed_before_int16_overflows(coding: str) -> None:
-    """600 channels in one group at full weight and count: each step plane would sum far more
-    than int16 holds if it were not merged every PLANE_CHANNELS channels."""
-    from spikelm.backends import numba_events
+def test_numba_planes_are_flushed_before_int16_overflows(numba_path: str, coding: str) -> None:
+    """600 channels in one group at full weight and count: each step plane (event path) or int16
+    lane (count path) would sum far more than int16 holds if it were not merged in time."""
+    from spikelm.backends import numba as numba_events
 
     layer = _layer(coding, CODINGS[coding], None, n_in=600, n_out=24)
     layer.weight_q.fill_(-128)
@@ -356,10 +370,12 @@ def test_numba_planes_are_flushed_before_int16_overflows(coding: str) -> None:
 @needs_numba
 @pytest.mark.parametrize("group_size", [None, 16])
 @pytest.mark.parametrize("coding", ["bitwise_bidirectional", "bitwise_twos_complement", "ternary"])
-def test_numba_runs_of_alike_channels_match_the_reference(coding: str, group_size) -> None:
+def test_numba_runs_of_alike_channels_match_the_reference(
+    numba_path: str, coding: str, group_size
+) -> None:
     """Demo-like counts (mostly one or two spikes, many sharing a step): the kernel's sorted
     order, its four-channel adds and its two/three-spike passes give the reference's sums."""
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_events
 
     layer = _layer(coding, CODINGS[coding], group_size, n_in=96, n_out=40)
     g = torch.Generator().manual_seed(3)
@@ -376,11 +392,13 @@ def test_numba_runs_of_alike_channels_match_the_reference(coding: str, group_siz
 
 @needs_numba
 @pytest.mark.parametrize("threshold", ["dynamic", "static_tensor"])
-def test_numba_one_call_path_fires_the_same_spikes_and_outputs(threshold: str) -> None:
-    """``spiking_linear`` computes the counts inside numba; they and the outputs must equal the
+def test_numba_one_call_path_fires_the_same_spikes_and_outputs(
+    numba_path: str, threshold: str
+) -> None:
+    """``forward`` computes the counts inside numba; they and the outputs must equal the
     two-step path (torch's ``spike_counts`` then ``linear``) bit for bit: ties at exactly half a
     threshold, zeros, an all-zero token, counts clamped at the coding's range, a channel divisor."""
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_events
     from spikelm.errors import NonFiniteError
 
     config = SpikeConfig(coding="bitwise_bidirectional", steps=4, threshold=threshold)
@@ -397,21 +415,23 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(threshold: str) -
     x[2, :8] = (torch.arange(8) + 0.5) * 0.25 * layer.input_divisor[:8]  # ties (static)
     x[3, :4] = torch.tensor([1e3, -1e3, 1e-30, -0.0])  # clamped, tiny, negative zero
     expected_counts, v_th = layer.spike_counts(x)
-    y, counts = numba_events.spiking_linear(layer, x)
+    layer.bias.normal_()
+    y, counts = numba_events.forward(layer, x)
     assert torch.equal(counts.to(torch.float32), expected_counts)
     assert int(expected_counts.abs().max()) == 15  # the range edge was reached
-    assert torch.equal(y, numba_events.linear(layer, expected_counts, v_th))
+    assert torch.equal(y, numba_events.linear(layer, expected_counts, v_th) + layer.bias)
     layer.backend = "numba"  # through the layer, from an input that carries autograd history
-    assert torch.equal(layer(x.clone().requires_grad_(True)), y + layer.bias)
+    assert torch.equal(layer(x.clone().requires_grad_(True)), y)
     x[4, 7] = float("nan")
     with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
-        numba_events.spiking_linear(layer, x)
+        numba_events.forward(layer, x)
 
 
 @needs_numba
-def test_numba_counts_beyond_int32_with_many_steps() -> None:
-    """Bitwise codes over T = 40 steps hold counts past 2^31: int64 counts, int64 accumulators."""
-    from spikelm.backends import numba_events
+def test_numba_counts_beyond_int32_with_many_steps(numba_path: str) -> None:
+    """Bitwise codes over T = 40 steps hold counts past 2^31: int64 counts, int64 accumulators
+    (on the count path, counts past an int16 lane's budget go straight into the sums)."""
+    from spikelm.backends import numba as numba_events
 
     layer = _layer("bitwise_bidirectional", 40, 16)
     counts = torch.randint(-300, 301, (2, 48), generator=torch.Generator().manual_seed(5))
@@ -425,7 +445,7 @@ def test_numba_counts_beyond_int32_with_many_steps() -> None:
 def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> None:
     """T = 40: hi = 2^40 - 1 is not a float32; clamping must not round it up out of the range
     (the torch neuron and numba's one-call path alike, with the same counts)."""
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_events
 
     config = SpikeConfig(coding="bitwise_bidirectional", steps=40, threshold="static_tensor")
     layer = SpikingLinear(48, 40, config, name="wide")
@@ -437,7 +457,7 @@ def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> No
     assert lo <= float(counts.min()) and float(counts.max()) <= hi
     assert float(counts.max()) > hi - 2**17  # clamped to the last float32 below 2^40
     get_coder(layer.coding).events(counts, layer.steps)  # in range: no CountRangeError
-    _, fused = numba_events.spiking_linear(layer, x)
+    _, fused = numba_events.forward(layer, x)
     assert torch.equal(fused.to(torch.float32), counts)
 
 
@@ -445,13 +465,15 @@ def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> No
 def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkeypatch) -> None:
     import numba
 
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_events
+    from spikelm.backends.numba import driver
+    from spikelm.backends.numba.tuning import ParallelChooser
 
     if numba.get_num_threads() < 2:
         pytest.skip("needs 2 numba threads")
-    chooser = numba_events._Chooser()
-    monkeypatch.setattr(numba_events, "_chooser", chooser)
-    monkeypatch.setattr(numba_events, "PARALLEL_MIN_WORK", 0)
+    chooser = ParallelChooser()
+    monkeypatch.setattr(driver, "_parallel_chooser", chooser)
+    monkeypatch.setattr(driver, "PARALLEL_MIN_WORK", 0)
     layer = _layer("bitwise_bidirectional", 8, 16)
     counts, v_th = _counts(layer, 1), _thresholds(1)
     expected = get_backend("reference")(layer, counts, v_th)
@@ -468,12 +490,12 @@ def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkey
 
 @needs_numba
 def test_numba_compile_time_is_reported_apart() -> None:
-    from spikelm.backends import numba_events
+    from spikelm.backends import numba as numba_events
 
     layer = _layer("bitwise", 8, None)
     layer.backend = "numba"
     get_backend("numba")(layer, _counts(layer, 2), _thresholds(2))
-    layer(torch.randn(2, 48))  # the one-call path: counts computed by a kernel of their own
+    layer(torch.randn(2, 48))  # the one-call path: the same compiled kernel, neuron included
     spent = numba_events.compile_seconds()
     assert spent > 0  # compiled, or loaded from the disk cache, on first use
     get_backend("numba")(layer, _counts(layer, 3), _thresholds(3))
@@ -526,3 +548,108 @@ def test_cuda_model_generates_the_cpu_reference_tokens(tiny_model) -> None:
             _set_backend(gpu, name)
             assert torch.equal(gpu.generate(ids.cuda(), max_new_tokens=8).cpu(), expected), name
     _set_backend(tiny_model, "torch")
+
+
+# --- the numba backend's path choice, neuron and declarations --------------------------------
+
+
+@needs_numba
+def test_numba_path_choice_follows_the_measured_crossover(monkeypatch) -> None:
+    """``PATH = "auto"``: the crossover is measured on a layer shape's first call; rows whose
+    events outnumber ``r x`` their active channels take the count path, the others the event
+    path, and both give the reference's outputs bit for bit."""
+    from spikelm.backends import numba as numba_backend
+    from spikelm.backends.numba import driver
+    from spikelm.backends.numba.layout import layout
+    from spikelm.backends.numba.tuning import PathChooser
+
+    chooser = PathChooser()
+    monkeypatch.setattr(driver, "_path_chooser", chooser)
+    layer = _layer("bitwise_bidirectional", 8, 16)
+    counts = torch.zeros(2, layer.in_features)
+    counts[0, :10] = 1  # one spike per active channel: events = active
+    counts[1, :10] = 7  # three spikes each: events = 3 x active
+    v_th = _thresholds(2)
+    reference = get_backend("reference")(layer, counts, v_th)
+    assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)
+    key = layout(layer).key
+    measured = numba_backend.path_crossovers()[key]
+    assert 0 < measured < float("inf")
+    chooser.ratios[key] = 2.0  # between the two rows' events per active channel
+    paths = counting_paths()
+    assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)
+    assert paths() == {"numba.counts": 1, "numba.events": 1}
+    chooser.ratios[key] = 0.5  # below 1: every row on the count path, no scan
+    paths = counting_paths()
+    assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)
+    assert paths() == {"numba.counts": 2}
+
+
+@needs_numba
+@pytest.mark.parametrize(("width", "k"), [(100, 2.7), (129, 3.0), (4097, 1.3), (1, 3.0)])
+def test_numba_neuron_fires_the_torch_neurons_spikes(width: int, k: float) -> None:
+    """The compiled neuron (divisor, fixed-order threshold sum, rounding, clamp) against the torch
+    one, over widths with odd halving steps and thresholds not exact in float32."""
+    from spikelm.backends import numba as numba_backend
+
+    config = SpikeConfig(k=k, group_size=None)
+    layer = SpikingLinear(width, 8, config, name="neuron")
+    layer.input_divisor.copy_(torch.rand(width, generator=torch.Generator().manual_seed(1)) + 0.5)
+    x = torch.randn(6, width, generator=torch.Generator().manual_seed(2)) * 3
+    x[1] *= 1e-20  # tiny, not zero
+    expected, v_th = layer.spike_counts(x)
+    y, counts = numba_backend.forward(layer, x)
+    assert torch.equal(counts.to(torch.float32), expected)
+    assert torch.equal(y, get_backend("reference")(layer, expected, v_th) + layer.bias)
+
+
+def test_every_coder_declares_how_kernels_decode_it() -> None:
+    from typing import get_args
+
+    from spikelm.encoders import CODERS
+    from spikelm.encoders.base import Decoding
+
+    for coder in CODERS.values():
+        assert coder.decoding in get_args(Decoding), coder.name
+    if numba_available():
+        from spikelm.backends.numba.events import DECODINGS
+
+        assert set(DECODINGS) == set(get_args(Decoding))
+
+
+def test_backends_declare_themselves() -> None:
+    """The selection layer knows backends only through what their objects declare."""
+    for name in ("reference", "torch", "torch_events"):
+        chosen = backend(name)
+        assert chosen.name == name and chosen.devices is None and chosen.note
+    assert backend("reference").exact and backend("torch_events").exact
+    assert not backend("torch").exact and backend("torch").accumulators is None
+    assert "CUDA path" in backend("torch_events").note
+    assert set(exact_backends()) >= {"reference", "torch_events"}
+    with pytest.raises(ConfigError, match="has no integer accumulators"):
+        accumulator_backend("torch")
+    if numba_available():
+        numba_backend = backend("numba")
+        assert numba_backend.exact and numba_backend.devices == ("cpu",)
+        assert numba_backend.forward is not None and numba_backend.warmup is not None
+
+
+@needs_numba
+def test_numba_count_path_cuts_int32_lanes_before_they_wrap(numba_path: str) -> None:
+    """T = 15: counts up to 32767 against full-scale weights over one 4096-wide group. The count
+    kernel's int32 lanes would wrap; it sums the pair list in chunks that cannot, in int64."""
+    from spikelm.backends import numba as numba_backend
+
+    layer = _layer("bitwise_bidirectional", 15, None, n_in=4096, n_out=24)
+    layer.weight_q.fill_(127)
+    layer.weight_q[:, 1::2] = -128
+    g = torch.Generator().manual_seed(6)
+    counts = torch.randint(-32767, 32768, (2, 4096), generator=g).to(torch.float32)
+    counts[0] = 32767
+    counts[0, 1::2] = -32767  # every product at its largest, the same sign
+    v_th = _thresholds(2)
+    expected = accumulator_backend("reference")(layer, counts)
+    assert int(expected.abs().max()) > 2**31  # the true sum does not fit int32
+    assert torch.equal(numba_backend.accumulators(layer, counts).to(torch.int64), expected)
+    reference = get_backend("reference")(layer, counts, v_th)
+    assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)

@@ -25,7 +25,8 @@ def converted():
     torch.manual_seed(0)
     model = HybridLM(CONFIG).eval()
     config = spikelm.SpikeConfig(threshold="static_channel", group_size=32)
-    return spikelm.spiking(model, config, [_ids(i) for i in range(2)], progress=False)
+    # unfused: these tests hold one SpikingLinear per nn.Linear (fused ones: test_fusion.py)
+    return spikelm.spiking(model, config, [_ids(i) for i in range(2)], progress=False, fuse=False)
 
 
 def test_round_trip_gives_identical_logits(converted, tmp_path) -> None:

@@ -36,6 +36,7 @@ from spikelm.adapters import ADAPTERS, adapter_for  # noqa: E402
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.errors import CheckpointError  # noqa: E402
 from spikelm.fidelity import compare, token_batches  # noqa: E402
+from spikelm.fusion import spiking_projections  # noqa: E402
 from spikelm.hf import load_causal_lm, supported_model_types  # noqa: E402
 from spikelm.layers import SpikingLinear  # noqa: E402
 
@@ -150,11 +151,11 @@ def test_every_linear_projection_becomes_spiking(family: str, converted) -> None
     conversion = converted(family)
     model, reference = conversion.model, conversion.reference
     expected = set(linear_modules(reference))  # every nn.Linear but the output head
-    spiking = {n for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+    spiking = set(spiking_projections(model))  # fused projections by their own names too
     assert expected and spiking == expected
     remaining = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert remaining == [model.get_output_embeddings()]  # only the head stays dense
-    layer = model.get_submodule(next(iter(expected)))
+    layer = next(m for m in model.modules() if isinstance(m, SpikingLinear))
     assert layer.coding == "bitwise_bidirectional" and layer.steps == 8 and layer.k == 3.0
     assert layer.dynamic and layer.weight_q.dtype == torch.int8
     assert layer.weight_scale.shape == (layer.out_features, 1)  # group 128 covers a row of 32/64
@@ -217,9 +218,7 @@ def test_save_reload_generate(family: str, converted, tmp_path: Path) -> None:
     restored, tokenizer = spikelm.load(out, with_tokenizer=True)
     assert tokenizer is not None and tokenizer.decode(tokenizer("spike")["input_ids"]) == "spike"
     assert not restored.training
-    assert {n for n, m in restored.named_modules() if isinstance(m, SpikingLinear)} == set(
-        linear_modules(conversion.reference)
-    )
+    assert set(spiking_projections(restored)) == set(linear_modules(conversion.reference))
     ids = HELD_OUT[1]
     assert torch.equal(_logits(restored, ids), _logits(conversion.model, ids))
 
@@ -291,7 +290,10 @@ def test_cli_convert_end_to_end(sources: dict[str, Path], tmp_path: Path) -> Non
 
     manifest = json.loads((out / "spikelm.json").read_text())
     restored = spikelm.load(out)
-    assert set(manifest["layers"]) == set(linear_modules(load_causal_lm(sources["llama"])[0]))
+    fused = manifest.get("fused", {})  # fused layers list their members (spikelm.fusion)
+    projections = {n for n in manifest["layers"] if n not in fused}
+    projections |= {member["name"] for members in fused.values() for member in members}
+    assert fused and projections == set(linear_modules(load_causal_lm(sources["llama"])[0]))
     assert restored.generate(PROMPT, max_new_tokens=5, do_sample=False).shape == (1, 13)
 
 

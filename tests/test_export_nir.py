@@ -36,15 +36,15 @@ TOKENS = b"NIR export check."
 
 
 @pytest.fixture(scope="module")
-def dynamic_model() -> torch.nn.Module:
-    return spikelm.convert(spikelm.prepare(load_demo_model(), spikelm.SpikeConfig()))
+def dynamic_model() -> torch.nn.Module:  # unfused: LAYERS name single projections
+    return spikelm.convert(spikelm.prepare(load_demo_model(), spikelm.SpikeConfig()), fuse=False)
 
 
 @pytest.fixture(scope="module")
 def static_model() -> torch.nn.Module:
     calib = torch.tensor(list(load_demo_texts()[0].encode()[:256])).unsqueeze(0)
     config = spikelm.SpikeConfig(threshold="static_tensor")
-    return spikelm.spiking(load_demo_model(), config, [calib], progress=False)
+    return spikelm.spiking(load_demo_model(), config, [calib], progress=False, fuse=False)
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,13 @@ def test_every_backend_runs_the_model(model) -> None:
     if numba_available():  # numba's kernels are compiled (or loaded) before the timed loop
         assert runs["numba"].compile_seconds > 0
     assert runs["torch"].compile_seconds == 0.0
+    # every layer call of every token is counted under the path that ran it
+    calls = runs["torch"].tokens * len(_spiking(model))
+    assert runs["torch"].paths == {"torch": calls}
+    assert runs["reference"].paths == {"reference": calls}
+    if numba_available():
+        assert set(runs["numba"].paths) <= {"numba.counts", "numba.events"}
+        assert sum(runs["numba"].paths.values()) == calls
 
 
 def test_a_failing_run_leaves_no_recording(model, tmp_path: Path, monkeypatch) -> None:
@@ -273,9 +280,13 @@ def test_cli_simulate_prints_throughput_and_firing(
     assert f"simulated {tokens} tokens ({tokens - 2} input, 3 generated)" in out
     for label in ("tokens/s", "spike events/s", "firing rate", "sparsity", "spikes/channel"):
         assert label in out
+    assert "execution paths (layer rows): torch " in out
     assert "silent share" in out and "generated text: " in out
     with SpikeReader(record) as reader:
-        assert reader.layers == ["layers.0.attn.q_proj", "layers.1.attn.q_proj"]
+        assert reader.layers == [  # the layers q_proj was fused into (a member's name selects)
+            "layers.0.attn.{q_proj,k_proj,v_proj,g_proj}",
+            "layers.1.attn.{q_proj,k_proj,v_proj}",
+        ]
         assert {reader.n_tokens(layer) for layer in reader.layers} == {tokens}
 
     assert main(["simulate", str(checkpoint), "--prompt", "ab", "--max-tokens", "1"]) == 0

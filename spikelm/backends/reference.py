@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from spikelm.backends.base import Backend
 from spikelm.backends.epilogue import epilogue
 from spikelm.encoders import get_coder
 
@@ -46,3 +47,14 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
     return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)
+
+
+BACKEND = Backend(
+    name="reference",
+    devices=None,
+    exact=True,
+    linear=linear,
+    accumulators=accumulators,
+    note="naive integer oracle: dense spike train, int64 einsum per step (on the CPU); tests hold "
+    "every backend to it",
+)

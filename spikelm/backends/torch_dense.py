@@ -12,7 +12,19 @@ from __future__ import annotations
 
 import torch
 
+from spikelm.backends.base import Backend
+
 
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
     return (counts @ layer.dequantized_weight().t()) * v_th
+
+
+BACKEND = Backend(
+    name="torch",
+    devices=None,
+    exact=False,
+    linear=linear,
+    note="dense, time collapsed: (s_int @ W_hat^T) * V_th in float32 (pseudo-spiking; equal to "
+    "the reference within float rounding)",
+)

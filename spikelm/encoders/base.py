@@ -12,6 +12,7 @@ weights are all a backend needs to know about the coding.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Literal
 
 import torch
 
@@ -59,6 +60,15 @@ def bit_length(values: torch.Tensor) -> torch.Tensor:
     return length
 
 
+Decoding = Literal["unary", "magnitude_bits", "twos_complement"]
+"""Which steps a count ``n`` fires, for kernels that expand counts into events inline:
+
+- ``unary``: ``|n|`` spikes at steps ``0 .. |n|-1``, each ``sign(n)``;
+- ``magnitude_bits``: one spike per set bit ``t`` of ``|n|``, each ``sign(n)``;
+- ``twos_complement``: one spike per set bit of the ``T``-bit pattern of ``n``, each ``+1``.
+"""
+
+
 class SpikeCoder(ABC):
     """An exact, invertible mapping between integer counts and spike trains ``[T, ...]``."""
 
@@ -66,6 +76,8 @@ class SpikeCoder(ABC):
     name: str
     #: Whether spikes may be negative (-1).
     signed: bool
+    #: How a kernel decodes a count into its events (with :meth:`step_weights` for their weights).
+    decoding: Decoding
 
     @abstractmethod
     def count_range(self, steps: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ class BinaryCoder(SpikeCoder):
 
     name = "binary"
     signed = False
+    decoding = "unary"
 
     def count_range(self, steps: int) -> tuple[int, int]:
         return 0, steps

@@ -37,6 +37,7 @@ class BitwiseCoder(SpikeCoder):
 
     name = "bitwise"
     signed = False
+    decoding = "magnitude_bits"
 
     def count_range(self, steps: int) -> tuple[int, int]:
         return 0, (1 << steps) - 1
@@ -59,6 +60,7 @@ class BitwiseBidirectionalCoder(SpikeCoder):
 
     name = "bitwise_bidirectional"
     signed = True
+    decoding = "magnitude_bits"
 
     def count_range(self, steps: int) -> tuple[int, int]:
         return -((1 << steps) - 1), (1 << steps) - 1
@@ -81,6 +83,7 @@ class BitwiseTwosComplementCoder(SpikeCoder):
 
     name = "bitwise_twos_complement"
     signed = False  # spikes are {0, 1}; the sign lives in the last step's negative weight
+    decoding = "twos_complement"
 
     def count_range(self, steps: int) -> tuple[int, int]:
         return -(1 << (steps - 1)), (1 << (steps - 1)) - 1

@@ -17,6 +17,7 @@ class TernaryCoder(SpikeCoder):
 
     name = "ternary"
     signed = True
+    decoding = "unary"
 
     def count_range(self, steps: int) -> tuple[int, int]:
         return -steps, steps

@@ -43,6 +43,7 @@ from spikelm.backends.reference import accumulators
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fileio import atomic_file, one_line
+from spikelm.fusion import SharedInputSlice
 from spikelm.layers import SpikingLinear, spiking_layers
 
 if TYPE_CHECKING:
@@ -499,7 +500,8 @@ def _not_expressible(model: nn.Module) -> dict[str, str]:
     """Modules outside the spiking projections, by name, with why NIR cannot hold them."""
     found = {}
     for name, module in model.named_modules():
-        if name and not isinstance(module, SpikingLinear):
+        # a fused layer's member is its slice: exported with the fused projection
+        if name and not isinstance(module, (SpikingLinear, SharedInputSlice)):
             reason = _reason(module)
             if reason:
                 found[name] = reason

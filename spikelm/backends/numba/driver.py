@@ -1,0 +1,319 @@
+"""One compiled call per layer: neuron, path choice, tasks, epilogue (numpy in, numpy out).
+
+A call runs, inside one compiled function: the neuron on the input rows (when given ``x``, else
+the caller's counts and thresholds), each row's choice of path (count-domain when its spike
+events outnumber ``crossover x`` its active channels, else event-driven), the plans of both
+paths' rows, then the tasks: one per output tile for the count-path rows (:mod:`.counts`), one
+per row x output block for the event-path rows (:mod:`.events`), each writing its own outputs
+(or exact accumulators). ``_run_parallel`` runs the tasks in parallel (``prange``),
+``_run_serial`` one after the other; both compute the same numbers.
+
+Kernels are compiled once per accumulator dtype on first use (or by :func:`warmup`) and cached
+on disk (``cache=True``); :func:`compile_seconds` reports the time spent compiling or loading.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from spikelm.backends.base import ran
+from spikelm.backends.numba.counts import count_tile, plan_counts
+from spikelm.backends.numba.events import event_task, plan_row, row_events
+from spikelm.backends.numba.layout import Layout
+from spikelm.backends.numba.neuron import neuron_row
+from spikelm.backends.numba.tuning import ParallelChooser, PathChooser
+
+PARALLEL_MIN_WORK = 1 << 17
+"""Below this many ``active channels x out`` column updates a call runs serially."""
+
+PARALLEL: bool | str = "auto"
+"""Above ``PARALLEL_MIN_WORK``: ``True`` runs the parallel kernel, ``False`` the serial one, and
+``"auto"`` times both on the first calls of each problem shape and keeps the faster
+(:class:`~spikelm.backends.numba.tuning.ParallelChooser`). Threads: numba's ``omp`` layer and
+torch each load an OpenMP runtime whose idle workers spin, so on an oversubscribed machine a
+parallel call can wait for scheduler slices (measured on 2 shared cores: median 32 ms instead of
+~1.6 ms serially); timing both settles it. ``GOMP_SPINCOUNT=0`` at process start helps too."""
+
+PATH: str = "auto"
+"""``"counts"`` or ``"events"`` forces a path; ``"auto"`` chooses per row by the crossover the
+:class:`~spikelm.backends.numba.tuning.PathChooser` measured for the problem shape."""
+
+EMPTY_X = np.zeros((0, 0), dtype=np.float32)
+EMPTY_F32 = np.zeros(0, dtype=np.float32)
+NO_BLOCKS = np.zeros((0, 0, 0), dtype=np.int8)  # every row on the count path: no event weights
+EMPTY_Y = np.zeros((0, 0), dtype=np.float32)
+EMPTY_ACC = {dtype: np.zeros((0, 0, 0), dtype=dtype) for dtype in (np.int32, np.int64)}
+FORCED = {"counts": -math.inf, "events": math.inf}
+
+
+@njit(cache=True, fastmath=False)
+def _prepare(
+    x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+    decoding, steps, crossover, scan, path,
+):  # fmt: skip
+    """Neuron (when ``x`` has rows) and path choice of every row; False if ``x`` is not finite."""
+    rows = counts.shape[0]
+    if x.shape[0]:
+        scratch = np.empty(2 * x.shape[1] + 2, dtype=np.float32)
+        for r in range(rows):
+            level = neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, counts, scratch)
+            if np.isnan(level):
+                return False
+            v[r] = np.float64(level)
+    for r in range(rows):
+        if scan:
+            active, events = row_events(counts, r, decoding, steps)
+            path[r] = events > crossover * active
+        else:  # r < 1: every row takes the count path (events >= active); inf: none does
+            path[r] = crossover < 1.0
+    return True
+
+
+@njit(cache=True)
+def _plan(counts, width, decoding, steps, path):
+    """The event plans of the rows that take the event path (``order`` etc. of ``plan_row``)."""
+    rows, n = counts.shape[0], counts.shape[1]
+    planned = 0
+    for r in range(rows):
+        planned += not path[r]
+    shape = (rows if planned else 0, n)
+    order = np.empty(shape, dtype=np.int32)
+    kind = np.empty(shape, dtype=np.int16)
+    steps_of = np.empty((shape[0], n, 3), dtype=np.int8)
+    active = np.empty((shape[0], n // width), dtype=np.int64)
+    for r in range(rows if planned else 0):
+        if not path[r]:
+            plan_row(counts, r, width, decoding, steps, order, kind, steps_of, active)
+    return order, kind, steps_of, active
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _run_parallel(
+    x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding,
+    shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
+):  # fmt: skip
+    """See the module docstring; tasks in parallel. Returns the number of rows on the count
+    path, or -1 (nothing computed) for a non-finite input."""
+    steps, rows = shifts.shape[0], counts.shape[0]
+    if not _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+                    decoding, steps, crossover, scan, path):  # fmt: skip
+        return -1
+    on_counts = path.sum()
+    plan = plan_counts(counts, width, path)
+    order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
+    for t in prange(pairs.shape[0] if on_counts else 0):
+        count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
+    for task in prange(rows * blocks.shape[0] if on_counts < rows else 0):
+        r, b = task // blocks.shape[0], task % blocks.shape[0]
+        if not path[r]:
+            event_task(counts, blocks, width, decoding, shifts, negative, r, b,
+                       order, kind, steps_of, active, acc, scale_t, v, bias, y)  # fmt: skip
+    return on_counts
+
+
+@njit(cache=True, fastmath=False)
+def _run_serial(
+    x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding,
+    shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
+):  # fmt: skip
+    """:func:`_run_parallel`'s work, one task after the other."""
+    steps, rows = shifts.shape[0], counts.shape[0]
+    if not _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+                    decoding, steps, crossover, scan, path):  # fmt: skip
+        return -1
+    on_counts = path.sum()
+    plan = plan_counts(counts, width, path)
+    order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
+    for t in range(pairs.shape[0] if on_counts else 0):
+        count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
+    for task in range(rows * blocks.shape[0] if on_counts < rows else 0):
+        r, b = task // blocks.shape[0], task % blocks.shape[0]
+        if not path[r]:
+            event_task(counts, blocks, width, decoding, shifts, negative, r, b,
+                       order, kind, steps_of, active, acc, scale_t, v, bias, y)  # fmt: skip
+    return on_counts
+
+
+_ACC_TYPES = {torch.int32: numba.int32, torch.int64: numba.int64}
+_compile_seconds = 0.0
+_compiled: set = set()
+_parallel_chooser = ParallelChooser()
+_path_chooser = PathChooser()
+
+
+def _signature(acc_dtype: torch.dtype) -> tuple:
+    f32, f64, i64, boolean = numba.float32, numba.float64, numba.int64, numba.boolean
+    return (
+        f32[:, ::1], f32[::1], boolean, f32, f32, f32, f32,  # x, divisor, dynamic, k, V, lo, hi
+        i64[:, ::1], f64[::1],  # counts, v
+        numba.int8[:, :, :, ::1], numba.int8[:, :, ::1],  # pairs, blocks
+        i64, i64, i64[::1], boolean[::1],  # width, decoding, shifts, negative
+        f64[:, ::1], f32[::1],  # scale_t, bias
+        f64, boolean, boolean[::1],  # crossover, scan, path
+        _ACC_TYPES[acc_dtype][:, :, ::1], f32[:, ::1],  # acc, y
+    )  # fmt: skip
+
+
+def _ensure(parallel: bool, acc_dtype: torch.dtype) -> None:
+    """Compile (or load from the disk cache) one kernel for one accumulator dtype, timed."""
+    global _compile_seconds
+    if (parallel, acc_dtype) in _compiled:
+        return
+    start = time.perf_counter()
+    (_run_parallel if parallel else _run_serial).compile(_signature(acc_dtype))
+    _compiled.add((parallel, acc_dtype))
+    _compile_seconds += time.perf_counter() - start
+
+
+def warmup(acc_dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> float:
+    """Compile (or load from the on-disk cache) the kernels for these accumulator dtypes;
+    returns the seconds this call spent (:func:`compile_seconds` keeps the running total)."""
+    start = time.perf_counter()
+    for dtype in acc_dtypes:
+        _ensure(False, dtype)
+        _ensure(True, dtype)
+    return time.perf_counter() - start
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling or loading the kernels (not running them)."""
+    return _compile_seconds
+
+
+def cache_stats() -> dict[str, int]:
+    """On-disk cache hits and misses of the kernels in this process (misses were compiled)."""
+    stats = [_run_parallel.stats, _run_serial.stats]
+    return {
+        "hits": sum(sum(s.cache_hits.values()) for s in stats),
+        "misses": sum(sum(s.cache_misses.values()) for s in stats),
+    }
+
+
+def parallel_choices() -> dict:
+    """What ``PARALLEL = "auto"`` has chosen per problem shape (rows bucket and layout key)."""
+    return _parallel_chooser.choices()
+
+
+def path_crossovers() -> dict:
+    """The crossover measured per problem shape (count path when events > r x active)."""
+    return _path_chooser.choices()
+
+
+def measure_crossover(lay: Layout, blocks: Callable[[], np.ndarray]) -> float:
+    """The count/event crossover of ``lay``'s problem shape, measured on first use (then kept);
+    ``blocks()`` gives the event kernel's weights (built only for this measurement)."""
+    ratio = _path_chooser.ratios.get(lay.key)
+    if ratio is None:
+        event_weights = blocks()
+        ratio = _path_chooser.crossover(
+            lay.key, lambda forced: _synthetic(lay, event_weights, forced)
+        )
+    return ratio
+
+
+def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
+    """Seconds of one serial call on :class:`PathChooser`'s synthetic rows (seeded): 85% of the
+    channels active, each firing one spike at a random step of the coding, random polarity."""
+    rows, in_features = PathChooser.ROWS, lay.in_features
+    rng = np.random.default_rng(0)
+    steps = lay.shifts.shape[0]
+    top = steps - 1 if lay.decoding == "twos_complement" else steps  # one bit: top step negates
+    magnitude = np.ones(rows * in_features, dtype=np.int64)
+    if lay.decoding != "unary":
+        magnitude <<= rng.integers(0, max(top, 1), magnitude.shape[0])
+    sign = (
+        1
+        if lay.decoding == "twos_complement"
+        else rng.choice(np.array([-1, 1]), magnitude.shape[0])
+    )
+    counts = (magnitude * sign * (rng.random(magnitude.shape[0]) < 0.85)).reshape(rows, -1)
+    v = np.ones(rows)
+    y = np.empty((rows, lay.out_features), dtype=np.float32)
+    acc = EMPTY_ACC[lay.acc_np]
+    _ensure(False, lay.acc_dtype)
+    start = time.perf_counter()
+    _run_serial(
+        EMPTY_X, NO_NEURON.divisor, False, NO_NEURON.k, NO_NEURON.threshold, NO_NEURON.lo,
+        NO_NEURON.hi, counts, v, lay.pairs, blocks, lay.width, lay.decoding_code, lay.shifts,
+        lay.negative, lay.scale_t, EMPTY_F32, crossover, False, np.empty(rows, dtype=np.bool_),
+        acc, y,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+class Neuron:
+    """The neuron's parameters as the kernel takes them (see :mod:`.neuron`)."""
+
+    __slots__ = ("divisor", "dynamic", "hi", "k", "lo", "threshold")
+
+    def __init__(self, divisor, dynamic, k, threshold, lo, hi) -> None:
+        self.divisor, self.dynamic, self.k = divisor, dynamic, k
+        self.threshold, self.lo, self.hi = threshold, lo, hi
+
+
+_ZERO, _ONE = np.float32(0.0), np.float32(1.0)
+NO_NEURON = Neuron(EMPTY_F32, False, _ONE, _ONE, _ZERO, _ZERO)
+
+
+def run(
+    lay: Layout,
+    blocks: Callable[[], np.ndarray],
+    counts: np.ndarray,
+    v: np.ndarray,
+    *,
+    x: np.ndarray = EMPTY_X,
+    neuron: Neuron = NO_NEURON,
+    bias: np.ndarray = EMPTY_F32,
+    accumulators: bool = False,
+) -> np.ndarray | None:
+    """Outputs ``y [M, out]`` (float32, plus ``bias``), or the exact accumulators ``[M, G, out]``.
+
+    ``blocks()`` gives the event kernel's weights, asked for only when a row may take that path.
+
+    With ``x`` (float32 ``[M, in]``) the neuron fills ``counts`` (int64 ``[M, in]``) and ``v``
+    (float64 ``[M]``) first; returns ``None`` if ``x`` holds NaN or inf. Without it, ``counts``
+    and ``v`` are inputs (counts in the coding's range: the entry points check that).
+    """
+    rows, in_features = counts.shape
+    out_features = lay.out_features
+    if accumulators:
+        acc, y = np.empty((rows, lay.groups, out_features), dtype=lay.acc_np), EMPTY_Y
+    else:
+        acc, y = EMPTY_ACC[lay.acc_np], np.empty((rows, out_features), dtype=np.float32)
+    if rows == 0:
+        return acc if accumulators else y
+    crossover = FORCED.get(PATH)
+    if crossover is None:
+        crossover = measure_crossover(lay, blocks)
+    work = in_features * out_features * rows
+    parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+    if parallel and PARALLEL == "auto":
+        parallel_key = (min(rows, 64).bit_length(), lay.key)
+        parallel = _parallel_chooser.pick(parallel_key)
+    _ensure(parallel, lay.acc_dtype)
+    kernel = _run_parallel if parallel else _run_serial
+    start = time.perf_counter()
+    on_counts = kernel(
+        x, neuron.divisor, neuron.dynamic, neuron.k, neuron.threshold, neuron.lo, neuron.hi,
+        counts, v, lay.pairs, blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width,
+        lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, bias, crossover,
+        1.0 <= crossover < math.inf, np.empty(rows, dtype=np.bool_), acc, y,
+    )  # fmt: skip
+    if on_counts < 0:
+        return None
+    if PARALLEL == "auto" and work >= PARALLEL_MIN_WORK:
+        _parallel_chooser.record(
+            (min(rows, 64).bit_length(), lay.key), parallel, time.perf_counter() - start
+        )
+    if on_counts:
+        ran("numba.counts", on_counts)
+    if on_counts < rows:
+        ran("numba.events", rows - on_counts)
+    return acc if accumulators else y
