@@ -39,6 +39,7 @@ from spikelm.convert import select_layers
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
+from spikelm.estimators.counters import events_per_row
 from spikelm.estimators.dense import dense_linears, query_heads, state_macs
 from spikelm.layers import SpikingLinear, probed, spiking_layers
 from spikelm.outputs import check_output
@@ -233,7 +234,7 @@ class _LayerProbe:
         if self.rows:
             rows = torch.cat(self.rows)
             self.phase_stats[self.phase].update(rows, self.coder)
-            per_row = self.coder.events(rows.to(torch.int64), self.steps).sum(dim=1)
+            per_row = events_per_row(rows, self.coder, self.steps)
             ends = torch.tensor(self.row_tokens).cumsum(0)
             starts = ends - torch.tensor(self.row_tokens)
             per_row = torch.cat([torch.zeros(1, dtype=per_row.dtype), per_row.cumsum(0)])

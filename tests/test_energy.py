@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from spikelm.errors import ConfigError
 from spikelm.estimators.energy import (
@@ -344,3 +345,33 @@ def test_verdicts():
     assert len(lemaire) == 4 and "does not beat the FP16 ANN" in lemaire[0]
     with pytest.raises(ConfigError):
         verdicts(pricing, math.nan)
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+@pytest.mark.parametrize(
+    "coding", ["binary", "ternary", "bitwise", "bitwise_bidirectional", "bitwise_twos_complement"]
+)
+def test_spike_stats_through_the_value_table_equal_the_direct_count(
+    coding: str, steps: int, monkeypatch
+) -> None:
+    """Small count ranges are counted through one histogram of the values; every statistic must
+    equal the per-element count (the path wide ranges take)."""
+    from spikelm.encoders import get_coder
+    from spikelm.estimators import SpikeStats, counters
+
+    coder = get_coder(coding)
+    lo, hi = coder.count_range(steps)
+    g = torch.Generator().manual_seed(steps)
+    counts = torch.randint(lo, hi + 1, (7, 300), generator=g).float()
+    counts[0, :5], counts[1, :3], counts[2, :2] = 0, hi, lo
+    tabled = SpikeStats(steps=steps)
+    tabled.update(counts, coder)
+    monkeypatch.setattr(counters, "value_table", lambda coding, steps: None)
+    direct = SpikeStats(steps=steps)
+    direct.update(counts, coder)
+    fields = ("tokens", "slots", "events", "silent", "clipped", "steps_used")
+    assert [getattr(tabled, f) for f in fields] == [getattr(direct, f) for f in fields]
+    assert torch.equal(tabled.histogram, direct.histogram) and tabled.events > 0
+    monkeypatch.undo()
+    per_row = counters.events_per_row(counts, coder, steps)
+    assert torch.equal(per_row, coder.events(counts.to(torch.int64), steps).sum(dim=1))

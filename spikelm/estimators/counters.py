@@ -11,14 +11,38 @@ For counts ``s_int[m, c]`` over ``M`` tokens and ``C`` channels, coded over ``T`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-from spikelm.encoders import SpikeCoder
+from spikelm.encoders import SpikeCoder, get_coder
 
 HISTOGRAM_BINS = 65  # |s_int| = 0 .. 63, and 64+ in the last bin
+TABLE_VALUES = 1 << 16  # count ranges up to this many values are counted through a table
+
+
+@functools.lru_cache(maxsize=64)
+def value_table(coding: str, steps: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """``(lo, events, steps_needed)`` of every count in the coding's range (int64 ``[hi-lo+1]``,
+    index ``n - lo``), or ``None`` for ranges of more than :data:`TABLE_VALUES` values."""
+    coder = get_coder(coding)
+    lo, hi = coder.count_range(steps)
+    if hi - lo + 1 > TABLE_VALUES:
+        return None
+    values = torch.arange(lo, hi + 1, dtype=torch.int64)
+    return lo, coder.events(values, steps), coder.steps_needed(values)
+
+
+def events_per_row(counts: torch.Tensor, coder: SpikeCoder, steps: int) -> torch.Tensor:
+    """Spike events of each row of integer counts ``[M, C]`` (int64 ``[M]``)."""
+    ints = counts.detach().to(torch.int64)
+    table = value_table(coder.name, steps)
+    if table is None:
+        return coder.events(ints, steps).sum(dim=1)
+    lo, events, _ = table
+    return events[ints - lo].sum(dim=1)
 
 
 @dataclass
@@ -42,6 +66,10 @@ class SpikeStats:
         lo, hi = coder.count_range(self.steps)
         self.tokens += ints.shape[0]
         self.slots += ints.numel()
+        table = value_table(coder.name, self.steps)
+        if table is not None and ints.numel():
+            self._update_from_table(ints, table, hi)
+            return
         self.events += int(coder.events(ints, self.steps).sum())
         self.silent += int((ints == 0).sum())
         self.clipped += int((ints == hi).sum()) + (int((ints == lo).sum()) if lo < 0 else 0)
@@ -49,6 +77,19 @@ class SpikeStats:
             self.steps_used = max(self.steps_used, int(coder.steps_needed(ints).max()))
         magnitude = ints.abs().clamp(max=HISTOGRAM_BINS - 1).flatten().cpu()
         self.histogram += torch.bincount(magnitude, minlength=HISTOGRAM_BINS)
+
+    def _update_from_table(self, ints: torch.Tensor, table: tuple, hi: int) -> None:
+        """:meth:`update` through one histogram of the values (same numbers, one pass)."""
+        lo, events, steps_needed = table
+        values = torch.bincount((ints - lo).flatten(), minlength=events.shape[0])
+        self.events += int((values * events).sum())
+        self.silent += int(values[-lo]) if lo <= 0 else 0
+        self.clipped += int(values[hi - lo]) + (int(values[0]) if lo < 0 else 0)
+        self.steps_used = max(self.steps_used, int(steps_needed[values > 0].max()))
+        magnitude = torch.arange(lo, hi + 1).abs().clamp(max=HISTOGRAM_BINS - 1)
+        self.histogram += torch.zeros(HISTOGRAM_BINS, dtype=torch.int64).index_add_(
+            0, magnitude, values
+        )
 
     def merge(self, other: SpikeStats) -> SpikeStats:
         """Pooled statistics of two layers (or two runs) with the same step count."""

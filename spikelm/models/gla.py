@@ -57,7 +57,7 @@ def gla_chunked(
     """
     B, H, L, dk = q.shape
     dv = v.shape[-1]
-    C = chunk_size
+    C = max(1, min(chunk_size, L))  # a chunk longer than the sequence would only pad it
     pad = (-L) % C
     if pad:  # zero keys and zero log-decay at the end leave outputs and final state unchanged
         q, k, v, log_alpha = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, log_alpha))

@@ -58,14 +58,15 @@ def _prepare(
     x, divisor, dynamic, k, threshold, lo, hi, counts, v,
     decoding, steps, crossover, scan, path,
 ):  # fmt: skip
-    """Neuron (when ``x`` has rows) and path choice of every row; False if ``x`` is not finite."""
-    rows = counts.shape[0]
+    """Neuron (when ``x`` has rows) and path choice of every row: the number of rows on the
+    count path, or -1 if ``x`` is not finite."""
+    rows, on_counts = counts.shape[0], 0
     if x.shape[0]:
         scratch = np.empty(2 * x.shape[1] + 2, dtype=np.float32)
         for r in range(rows):
             level = neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, counts, scratch)
             if np.isnan(level):
-                return False
+                return -1
             v[r] = np.float64(level)
     for r in range(rows):
         if scan:
@@ -73,7 +74,8 @@ def _prepare(
             path[r] = events > crossover * active
         else:  # r < 1: every row takes the count path (events >= active); inf: none does
             path[r] = crossover < 1.0
-    return True
+        on_counts += path[r]
+    return on_counts
 
 
 @njit(cache=True)
@@ -102,15 +104,17 @@ def _run_parallel(
     """See the module docstring; tasks in parallel. Returns the number of rows on the count
     path, or -1 (nothing computed) for a non-finite input."""
     steps, rows = shifts.shape[0], counts.shape[0]
-    if not _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
-                    decoding, steps, crossover, scan, path):  # fmt: skip
+    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+                         decoding, steps, crossover, scan, path)  # fmt: skip
+    if on_counts < 0:
         return -1
-    on_counts = path.sum()
     plan = plan_counts(counts, width, path)
     order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
-    for t in prange(pairs.shape[0] if on_counts else 0):
+    tiles = pairs.shape[0] if on_counts else 0
+    for t in prange(tiles):
         count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
-    for task in prange(rows * blocks.shape[0] if on_counts < rows else 0):
+    tasks = rows * blocks.shape[0] if on_counts < rows else 0
+    for task in prange(tasks):
         r, b = task // blocks.shape[0], task % blocks.shape[0]
         if not path[r]:
             event_task(counts, blocks, width, decoding, shifts, negative, r, b,
@@ -125,15 +129,17 @@ def _run_serial(
 ):  # fmt: skip
     """:func:`_run_parallel`'s work, one task after the other."""
     steps, rows = shifts.shape[0], counts.shape[0]
-    if not _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
-                    decoding, steps, crossover, scan, path):  # fmt: skip
+    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+                         decoding, steps, crossover, scan, path)  # fmt: skip
+    if on_counts < 0:
         return -1
-    on_counts = path.sum()
     plan = plan_counts(counts, width, path)
     order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
-    for t in range(pairs.shape[0] if on_counts else 0):
+    tiles = pairs.shape[0] if on_counts else 0
+    for t in range(tiles):
         count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
-    for task in range(rows * blocks.shape[0] if on_counts < rows else 0):
+    tasks = rows * blocks.shape[0] if on_counts < rows else 0
+    for task in range(tasks):
         r, b = task // blocks.shape[0], task % blocks.shape[0]
         if not path[r]:
             event_task(counts, blocks, width, decoding, shifts, negative, r, b,
