@@ -282,7 +282,7 @@ def int8_baseline(model: nn.Module) -> nn.Module:
         )
 
 
-def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> dict:
+def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy_bw: float) -> dict:
     config = SpikeConfig()
     make_sj, sj_reason = spikingjelly_runner()
     if sj_reason:
@@ -297,7 +297,9 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> d
         "event-driven; sparsity = 1 - events/(in*T); "
         "'x dense' / 'x int8' / 'x SJ' = that baseline's median / the faster exact path's (>1: "
         "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'BW%' = share of "
-        "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches"
+        "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches; "
+        "'ev/s%' = the event path's events/s over the event bound (copy bandwidth / out bytes: "
+        "each event reading one int8 weight column from memory)"
     )
     report(
         "'cold' rows: demo counts with every cache flushed (64 MiB written) before each timed "
@@ -309,7 +311,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> d
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
         f"{'counts path':>13} {'events path':>13} {'dense F.linear':>14} {'int8 dynamic':>13} "
         f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'BW% c':>5} "
-        f"{'BW% e':>5}"
+        f"{'BW% e':>5} {'ev/s%':>5}"
     )
     for in_f, out_f in SIZES:
         torch.manual_seed(0)
@@ -362,12 +364,14 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> d
                 x_int8 = statistics.median(t_int8) / best
                 x_sj = statistics.median(t_sj) / best if t_sj else float("nan")
                 bound = active * out_f / read_bw  # seconds to read the active columns once
+                event_rate = events / med["events"] / (copy_bw / out_f)
                 report(
                     f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
                     f"{events / batch:>7.0f} | {fmt_ms(times['counts']):>13} "
                     f"{fmt_ms(times['events']):>13} {fmt_ms(t_dense):>14} {fmt_ms(t_int8):>13} "
                     f"{fmt_ms(t_sj):>13} | {x_dense:>7.2f} {x_int8:>6.2f} {x_sj:>6.2f} | "
-                    f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%}"
+                    f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%} "
+                    f"{event_rate:>5.0%}"
                 )
                 key[(in_f, out_f, batch, label)] = {
                     "x_dense": x_dense,
@@ -375,6 +379,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float) -> d
                     "x_sj": x_sj,
                     "bw_counts": bound / med["counts"],
                     "bw_events": bound / med["events"],
+                    "event_rate": event_rate,
                     "faster": min(med, key=med.get),
                     "mb": active * out_f / batch / 1e6,
                 }
@@ -685,7 +690,7 @@ def main() -> None:
         f"{demo_stats.spikes_per_channel:.3f} spikes/channel, sparsity {demo_stats.sparsity:.1%}, "
         f"silent share {demo_stats.silent_share:.1%}; 'demo' rows sample these real counts"
     )
-    key = layer_section(args, report, pool, read_bw)
+    key = layer_section(args, report, pool, read_bw, bandwidth)
     report(
         "count/event crossover measured per shape (count path when a row's events > r x its "
         f"active channels): {fmt_crossovers(numba_backend.path_crossovers())}"
@@ -710,7 +715,9 @@ def main() -> None:
             f"{k['x_dense']:.2f}x the speed of dense F.linear, {k['x_int8']:.2f}x that of int8 "
             f"dynamic quantization, {k['x_sj']:.2f}x that of SpikingJelly; read bound reached: "
             f"count path {k['bw_counts']:.0%}, event path {k['bw_events']:.0%} "
-            f"({k['mb']:.1f} MB of active columns per token at {read_bw / 1e9:.1f} GB/s)"
+            f"({k['mb']:.1f} MB of active columns per token at {read_bw / 1e9:.1f} GB/s); event "
+            f"path {k['event_rate']:.0%} of the event bound (one column per event at "
+            f"{bandwidth / 1e9:.1f} GB/s)"
         )
     for size, med in overhead.items():
         report(
