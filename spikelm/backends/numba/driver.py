@@ -65,7 +65,9 @@ def _prepare(
         scratch = np.empty(2 * x.shape[1] + 2, dtype=np.float32)
         for r in range(rows):
             level = neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, counts, scratch)
-            if np.isnan(level):
+            if np.isnan(level):  # nothing to compute: the plans below see silent rows
+                counts[:, :] = 0
+                path[:] = True
                 return -1
             v[r] = np.float64(level)
     for r in range(rows):
@@ -96,6 +98,39 @@ def _plan(counts, width, decoding, steps, path):
     return order, kind, steps_of, active
 
 
+@njit(cache=True, fastmath=False)
+def _head(
+    x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding, steps,
+    crossover, scan, path,
+):  # fmt: skip
+    """Everything before the tasks: ``(rows on the count path or -1, count plan, event plan,
+    count tasks, all tasks)``; the tasks are the count tiles, then rows x event blocks."""
+    rows = counts.shape[0]
+    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
+                         decoding, steps, crossover, scan, path)  # fmt: skip
+    plan = plan_counts(counts, width, path)
+    events = _plan(counts, width, decoding, steps, path)
+    tiles = pairs.shape[0] if on_counts > 0 else 0
+    tasks = tiles + (rows * blocks.shape[0] if 0 <= on_counts < rows else 0)
+    return on_counts, plan, events, tiles, tasks
+
+
+@njit(cache=True, fastmath=False)
+def _task(
+    i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v, bias, path,
+    plan, events, acc, y,
+):  # fmt: skip
+    """Task ``i``: count tile ``i``, or (after the tiles) event task row x block."""
+    if i < tiles:
+        count_tile(counts, pairs, i, width, plan, path, acc, scale_t, v, bias, y)
+        return
+    r, b = (i - tiles) // blocks.shape[0], (i - tiles) % blocks.shape[0]
+    if not path[r]:
+        order, kind, steps_of, active = events
+        event_task(counts, blocks, width, decoding, shifts, negative, r, b,
+                   order, kind, steps_of, active, acc, scale_t, v, bias, y)  # fmt: skip
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def _run_parallel(
     x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding,
@@ -103,22 +138,13 @@ def _run_parallel(
 ):  # fmt: skip
     """See the module docstring; tasks in parallel. Returns the number of rows on the count
     path, or -1 (nothing computed) for a non-finite input."""
-    steps, rows = shifts.shape[0], counts.shape[0]
-    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
-                         decoding, steps, crossover, scan, path)  # fmt: skip
-    if on_counts < 0:
-        return -1
-    plan = plan_counts(counts, width, path)
-    order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
-    tiles = pairs.shape[0] if on_counts else 0
-    for t in prange(tiles):
-        count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
-    tasks = rows * blocks.shape[0] if on_counts < rows else 0
-    for task in prange(tasks):
-        r, b = task // blocks.shape[0], task % blocks.shape[0]
-        if not path[r]:
-            event_task(counts, blocks, width, decoding, shifts, negative, r, b,
-                       order, kind, steps_of, active, acc, scale_t, v, bias, y)  # fmt: skip
+    on_counts, plan, events, tiles, tasks = _head(
+        x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding,
+        shifts.shape[0], crossover, scan, path,
+    )  # fmt: skip
+    for i in prange(tasks):
+        _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
+              bias, path, plan, events, acc, y)  # fmt: skip
     return on_counts
 
 
@@ -128,22 +154,13 @@ def _run_serial(
     shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
 ):  # fmt: skip
     """:func:`_run_parallel`'s work, one task after the other."""
-    steps, rows = shifts.shape[0], counts.shape[0]
-    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, counts, v,
-                         decoding, steps, crossover, scan, path)  # fmt: skip
-    if on_counts < 0:
-        return -1
-    plan = plan_counts(counts, width, path)
-    order, kind, steps_of, active = _plan(counts, width, decoding, steps, path)
-    tiles = pairs.shape[0] if on_counts else 0
-    for t in range(tiles):
-        count_tile(counts, pairs, t, width, plan, path, acc, scale_t, v, bias, y)
-    tasks = rows * blocks.shape[0] if on_counts < rows else 0
-    for task in range(tasks):
-        r, b = task // blocks.shape[0], task % blocks.shape[0]
-        if not path[r]:
-            event_task(counts, blocks, width, decoding, shifts, negative, r, b,
-                       order, kind, steps_of, active, acc, scale_t, v, bias, y)  # fmt: skip
+    on_counts, plan, events, tiles, tasks = _head(
+        x, divisor, dynamic, k, threshold, lo, hi, counts, v, pairs, blocks, width, decoding,
+        shifts.shape[0], crossover, scan, path,
+    )  # fmt: skip
+    for i in range(tasks):
+        _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
+              bias, path, plan, events, acc, y)  # fmt: skip
     return on_counts
 
 
