@@ -132,7 +132,8 @@ def timeit(
 def fmt_crossovers(crossovers: dict) -> str:
     if not crossovers:
         return "none measured"
-    shown = [f"{key[0]}x{key[1]}: r={ratio:.2f}" for key, ratio in sorted(crossovers.items())]
+    ordered = sorted(crossovers.items(), key=lambda item: item[0][:3])  # (in, out, groups)
+    shown = [f"{key[0]}x{key[1]}: r={ratio:.2f}" for key, ratio in ordered]
     return ", ".join(shown)
 
 
@@ -691,10 +692,6 @@ def main() -> None:
         f"silent share {demo_stats.silent_share:.1%}; 'demo' rows sample these real counts"
     )
     key = layer_section(args, report, pool, read_bw, bandwidth)
-    report(
-        "count/event crossover measured per shape (count path when a row's events > r x its "
-        f"active channels): {fmt_crossovers(numba_backend.path_crossovers())}"
-    )
 
     report()
     report("## 2. per-call overhead of one layer")
@@ -705,6 +702,11 @@ def main() -> None:
     decode = decode_section(args, report)
     report()
     wide = wide_decode_section(args, report)
+    report(
+        "count/event crossover r measured at warm-up per layer shape of the decoded models (a "
+        "row takes the count path when its events > r x its active channels; r < 1: every row): "
+        f"{fmt_crossovers(numba_backend.path_crossovers())}"
+    )
 
     report()
     report("## key ratios")
