@@ -349,7 +349,7 @@ def test_numba_parallel_split_matches_the_reference(
 def test_numba_planes_are_flushed_before_int16_overflows(numba_path: str, coding: str) -> None:
     """600 channels in one group at full weight and count: each step plane (event path) or int16
     lane (count path) would sum far more than int16 holds if it were not merged in time."""
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
 
     layer = _layer(coding, CODINGS[coding], None, n_in=600, n_out=24)
     layer.weight_q.fill_(-128)
@@ -361,9 +361,9 @@ def test_numba_planes_are_flushed_before_int16_overflows(numba_path: str, coding
     v_th = _thresholds(3)
     expected = accumulator_backend("reference")(layer, counts)
     assert int(expected.abs().max()) > 255 * 128 * 2  # far beyond one int16 plane
-    assert torch.equal(numba_events.accumulators(layer, counts).to(torch.int64), expected)
+    assert torch.equal(numba_backend.accumulators(layer, counts).to(torch.int64), expected)
     assert torch.equal(
-        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+        numba_backend.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
     )
 
 
@@ -375,7 +375,7 @@ def test_numba_runs_of_alike_channels_match_the_reference(
 ) -> None:
     """Demo-like counts (mostly one or two spikes, many sharing a step): the kernel's sorted
     order, its four-channel adds and its two/three-spike passes give the reference's sums."""
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
 
     layer = _layer(coding, CODINGS[coding], group_size, n_in=96, n_out=40)
     g = torch.Generator().manual_seed(3)
@@ -384,9 +384,9 @@ def test_numba_runs_of_alike_channels_match_the_reference(
     counts[1, :40] = 1  # long runs of one kind
     v_th = _thresholds(3)
     expected = accumulator_backend("reference")(layer, counts)
-    assert torch.equal(numba_events.accumulators(layer, counts).to(torch.int64), expected)
+    assert torch.equal(numba_backend.accumulators(layer, counts).to(torch.int64), expected)
     assert torch.equal(
-        numba_events.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+        numba_backend.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
     )
 
 
@@ -398,7 +398,7 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(
     """``forward`` computes the counts inside numba; they and the outputs must equal the
     two-step path (torch's ``spike_counts`` then ``linear``) bit for bit: ties at exactly half a
     threshold, zeros, an all-zero token, counts clamped at the coding's range, a channel divisor."""
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
     from spikelm.errors import NonFiniteError
 
     config = SpikeConfig(coding="bitwise_bidirectional", steps=4, threshold=threshold)
@@ -416,36 +416,36 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(
     x[3, :4] = torch.tensor([1e3, -1e3, 1e-30, -0.0])  # clamped, tiny, negative zero
     expected_counts, v_th = layer.spike_counts(x)
     layer.bias.normal_()
-    y, counts = numba_events.forward(layer, x)
+    y, counts = numba_backend.forward(layer, x)
     assert torch.equal(counts.to(torch.float32), expected_counts)
     assert int(expected_counts.abs().max()) == 15  # the range edge was reached
-    assert torch.equal(y, numba_events.linear(layer, expected_counts, v_th) + layer.bias)
+    assert torch.equal(y, numba_backend.linear(layer, expected_counts, v_th) + layer.bias)
     layer.backend = "numba"  # through the layer, from an input that carries autograd history
     assert torch.equal(layer(x.clone().requires_grad_(True)), y)
     x[4, 7] = float("nan")
     with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
-        numba_events.forward(layer, x)
+        numba_backend.forward(layer, x)
 
 
 @needs_numba
 def test_numba_counts_beyond_int32_with_many_steps(numba_path: str) -> None:
     """Bitwise codes over T = 40 steps hold counts past 2^31: int64 counts, int64 accumulators
     (on the count path, counts past an int16 lane's budget go straight into the sums)."""
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
 
     layer = _layer("bitwise_bidirectional", 40, 16)
     counts = torch.randint(-300, 301, (2, 48), generator=torch.Generator().manual_seed(5))
     counts[0, 5:9] = torch.tensor([2**35 + 5, -(2**36) - 3, 2**31, -(2**31) - 1])
     assert accumulator_dtype(layer) == torch.int64
     expected = accumulator_backend("reference")(layer, counts)
-    assert torch.equal(numba_events.accumulators(layer, counts), expected)
+    assert torch.equal(numba_backend.accumulators(layer, counts), expected)
 
 
 @needs_numba
 def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> None:
     """T = 40: hi = 2^40 - 1 is not a float32; clamping must not round it up out of the range
     (the torch neuron and numba's one-call path alike, with the same counts)."""
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
 
     config = SpikeConfig(coding="bitwise_bidirectional", steps=40, threshold="static_tensor")
     layer = SpikingLinear(48, 40, config, name="wide")
@@ -457,7 +457,7 @@ def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> No
     assert lo <= float(counts.min()) and float(counts.max()) <= hi
     assert float(counts.max()) > hi - 2**17  # clamped to the last float32 below 2^40
     get_coder(layer.coding).events(counts, layer.steps)  # in range: no CountRangeError
-    _, fused = numba_events.forward(layer, x)
+    _, fused = numba_backend.forward(layer, x)
     assert torch.equal(fused.to(torch.float32), counts)
 
 
@@ -465,7 +465,7 @@ def test_clamped_counts_stay_in_range_when_float32_cannot_hold_the_bound() -> No
 def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkeypatch) -> None:
     import numba
 
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
     from spikelm.backends.numba import driver
     from spikelm.backends.numba.tuning import ParallelChooser
 
@@ -478,10 +478,10 @@ def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkey
     counts, v_th = _counts(layer, 1), _thresholds(1)
     expected = get_backend("reference")(layer, counts, v_th)
     for _ in range(8):  # both kernels get timed (after a first call each, not kept); every
-        assert torch.equal(numba_events.linear(layer, counts, v_th), expected)  # same numbers
+        assert torch.equal(numba_backend.linear(layer, counts, v_th), expected)  # same numbers
     (key,) = chooser.state
     assert all(len(t) == chooser.SAMPLES for t in chooser.state[key]["times"].values())
-    assert set(numba_events.parallel_choices().values()) <= {"parallel", "serial"}
+    assert set(numba_backend.parallel_choices().values()) <= {"parallel", "serial"}
     # With made-up timings the slower mode is only re-tried after a growing number of calls.
     chooser.state[key]["times"] = {True: [9.0] * 3, False: [1.0] * 3}
     picks = [chooser.pick(key) for _ in range(40)]
@@ -490,18 +490,18 @@ def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkey
 
 @needs_numba
 def test_numba_compile_time_is_reported_apart() -> None:
-    from spikelm.backends import numba as numba_events
+    from spikelm.backends import numba as numba_backend
 
     layer = _layer("bitwise", 8, None)
     layer.backend = "numba"
     get_backend("numba")(layer, _counts(layer, 2), _thresholds(2))
     layer(torch.randn(2, 48))  # the one-call path: the same compiled kernel, neuron included
-    spent = numba_events.compile_seconds()
+    spent = numba_backend.compile_seconds()
     assert spent > 0  # compiled, or loaded from the disk cache, on first use
     get_backend("numba")(layer, _counts(layer, 3), _thresholds(3))
     layer(torch.randn(3, 48))
-    assert numba_events.compile_seconds() == spent  # once per process: steady state after that
-    stats = numba_events.cache_stats()
+    assert numba_backend.compile_seconds() == spent  # once per process: steady state after that
+    stats = numba_backend.cache_stats()
     assert stats["hits"] + stats["misses"] >= 1
 
 
