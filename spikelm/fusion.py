@@ -337,7 +337,7 @@ class FusedSpikingLinear(SpikingLinear):
         if len(shared.taken) == len(self.parts):
             self._shared = None
         start, stop = self.bounds[index]
-        return shared.output[..., start:stop].contiguous()
+        return shared.output.narrow(-1, start, stop - start).contiguous()
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .float(), ...: new buffers
         self._shared, self._views = None, {}

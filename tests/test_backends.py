@@ -482,10 +482,19 @@ def test_numba_auto_parallel_keeps_the_faster_kernel_and_the_same_numbers(monkey
     (key,) = chooser.state
     assert all(len(t) == chooser.SAMPLES for t in chooser.state[key]["times"].values())
     assert set(numba_backend.parallel_choices().values()) <= {"parallel", "serial"}
-    # With made-up timings the slower mode is only re-tried after a growing number of calls.
-    chooser.state[key]["times"] = {True: [9.0] * 3, False: [1.0] * 3}
+    # With made-up timings the slower mode is only re-tried after a growing number of calls,
+    # and only those re-tries (and the check of the faster mode after each) are timed.
+    state = chooser.state[key]
+    state["times"], state["best"] = {True: [9.0] * 3, False: [1.0] * 3}, None
+    state["wait"] = state["gap"] = 0
     picks = [chooser.pick(key) for _ in range(40)]
-    assert picks.count(True) <= 3 and picks[-1] is False
+    modes = [mode for mode, _ in picks]
+    assert modes.count(True) == 3 and modes[-1] is False  # re-tried at growing intervals
+    timed = [i for i, (_, t) in enumerate(picks) if t]
+    assert timed == [0, 1, 9, 10, 26, 27]  # each re-try, and the faster mode right after it
+    chooser.record(key, True, 0.5)  # the re-tried mode got faster: it wins from then on
+    chooser.record(key, True, 0.5)
+    assert chooser.state[key]["best"] is True
 
 
 @needs_numba

@@ -314,27 +314,28 @@ def run(
         return acc if accumulators else y
     crossover = FORCED.get(PATH)
     if crossover is None:
-        crossover = measure_crossover(lay, blocks)
+        crossover = _path_chooser.ratios.get(lay.key)
+        if crossover is None:
+            crossover = measure_crossover(lay, blocks)
     work = in_features * out_features * rows
     parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+    timed = False
     if parallel and PARALLEL == "auto":
         parallel_key = (min(rows, 64).bit_length(), lay.key)
-        parallel = _parallel_chooser.pick(parallel_key)
+        parallel, timed = _parallel_chooser.pick(parallel_key)
     _ensure(parallel, lay.acc_dtype)
     kernel = _run_parallel if parallel else _run_serial
-    start = time.perf_counter()
+    start = time.perf_counter() if timed else 0.0
     on_counts = kernel(
         x, neuron.divisor, neuron.dynamic, neuron.k, neuron.threshold, neuron.lo, neuron.hi,
         counts, v, lay.pairs, blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width,
         lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, bias, crossover,
         1.0 <= crossover < math.inf, np.empty(rows, dtype=np.bool_), acc, y,
     )  # fmt: skip
+    if timed:
+        _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
     if on_counts < 0:
         return None
-    if PARALLEL == "auto" and work >= PARALLEL_MIN_WORK:
-        _parallel_chooser.record(
-            (min(rows, 64).bit_length(), lay.key), parallel, time.perf_counter() - start
-        )
     if on_counts:
         ran("numba.counts", on_counts)
     if on_counts < rows:

@@ -42,20 +42,9 @@ class Layout(NamedTuple):
     decoding: str  # the coder's Decoding
     shifts: np.ndarray  # int64 [T]: log2 |c_t|
     negative: np.ndarray  # bool [T]: c_t < 0
-
-    @property
-    def acc_np(self) -> type:
-        return np.int32 if self.acc_dtype == torch.int32 else np.int64
-
-    @property
-    def decoding_code(self) -> int:
-        return DECODINGS[self.decoding]
-
-    @property
-    def key(self) -> tuple:
-        """The problem shape, as the choosers key their measurements."""
-        return (self.in_features, self.out_features, self.groups, self.acc_dtype,
-                self.decoding, self.shifts.shape[0])  # fmt: skip
+    key: tuple  # the problem shape, as the choosers key their measurements
+    acc_np: type  # numpy's accumulator dtype
+    decoding_code: int  # the kernels' code of the decoding
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -90,6 +79,8 @@ def layout(layer) -> Layout:
     def make(lay) -> Layout:
         groups = lay.weight_scale.shape[1]
         shifts, negative = step_shifts(lay.coding, lay.steps)
+        acc_dtype = accumulator_dtype(lay)
+        decoding = get_coder(lay.coding).decoding
         return Layout(
             pairs=pair_layout(lay.weight_q.numpy()),
             in_features=lay.in_features,
@@ -97,10 +88,13 @@ def layout(layer) -> Layout:
             groups=groups,
             width=lay.in_features // groups,
             scale_t=lay.weight_scale.t().to(torch.float64).contiguous().numpy(),
-            acc_dtype=accumulator_dtype(lay),
-            decoding=get_coder(lay.coding).decoding,
+            acc_dtype=acc_dtype,
+            decoding=decoding,
             shifts=shifts.numpy(),
             negative=negative.numpy(),
+            key=(lay.in_features, lay.out_features, groups, acc_dtype, decoding, lay.steps),
+            acc_np=np.int32 if acc_dtype == torch.int32 else np.int64,
+            decoding_code=DECODINGS[decoding],
         )
 
     return layer.derived("numba_layout", make)

@@ -21,39 +21,52 @@ class ParallelChooser:
     """
 
     SAMPLES = 3  # timings kept per mode (after a first, untimed call each); the median decides
-    FIRST_RETRY, LAST_RETRY = 8, 1024  # calls before the losing mode is timed again (doubling)
+    FIRST_RETRY, LAST_RETRY = 8, 1024  # calls before the modes are timed again (doubling)
 
     def __init__(self) -> None:
         self.state: dict = {}
 
-    def pick(self, key) -> bool:
-        state = self.state.setdefault(
-            key, {"times": {False: [], True: []}, "warm": set(), "wait": 0, "gap": 0}
-        )
-        times = state["times"]
-        for mode in (True, False):  # time each mode a few times first
-            if len(times[mode]) < self.SAMPLES:
-                return mode
-        best = self._best(times)
+    def pick(self, key) -> tuple[bool, bool]:
+        """``(parallel, timed)``: the mode of this call and whether to :meth:`record` its time.
+
+        Each mode is timed ``SAMPLES`` times first; then the faster runs untimed, and at growing
+        intervals both are timed once more (the other mode, then the faster), so that a change
+        of machine load is followed without timing every call.
+        """
+        state = self.state.get(key)
+        if state is None:
+            state = self.state[key] = {
+                "times": {False: [], True: []}, "warm": set(), "wait": 0, "gap": 0,
+                "best": None, "recheck": False,
+            }  # fmt: skip
+        best = state["best"]
+        if best is None:
+            for mode in (True, False):
+                if len(state["times"][mode]) < self.SAMPLES:
+                    return mode, True
+            best = state["best"] = self._best(state["times"])
+        if state["recheck"]:
+            state["recheck"] = False
+            return best, True
         state["wait"] -= 1
         if state["wait"] <= 0:  # time the other mode again, then wait twice as long
             state["gap"] = min(self.LAST_RETRY, max(self.FIRST_RETRY, 2 * state["gap"]))
             state["wait"] = state["gap"]
-            return not best
-        return best
+            state["recheck"] = True
+            return not best, True
+        return best, False
 
     def record(self, key, parallel: bool, seconds: float) -> None:
-        state = self.state.get(key)
-        if state is None:
-            return
+        """The time of a call :meth:`pick` asked to time."""
+        state = self.state[key]
         if parallel not in state["warm"]:  # a mode's first call pays one-time costs: not kept
             state["warm"].add(parallel)
             return
-        previous = self._best(state["times"]) if all(state["times"].values()) else None
         samples = state["times"][parallel]
         samples.append(seconds)
         del samples[: -self.SAMPLES]
-        if previous is not None and self._best(state["times"]) != previous:
+        if state["best"] is not None and self._best(state["times"]) != state["best"]:
+            state["best"] = not state["best"]
             state["gap"] = 0  # the other mode won: back to frequent checks
             state["wait"] = min(state["wait"], self.FIRST_RETRY)
 
@@ -66,9 +79,9 @@ class ParallelChooser:
     def choices(self) -> dict:
         """``{problem key: "parallel" | "serial"}`` as decided so far (for benchmarks)."""
         return {
-            key: ("parallel" if self._best(state["times"]) else "serial")
+            key: ("parallel" if state["best"] else "serial")
             for key, state in self.state.items()
-            if all(len(t) >= self.SAMPLES for t in state["times"].values())
+            if state["best"] is not None
         }
 
 
