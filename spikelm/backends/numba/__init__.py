@@ -87,35 +87,45 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _identity(tensor: torch.Tensor | None) -> tuple | None:
-    """Storage and version of a buffer: changes when it is replaced or changed in place."""
-    if tensor is None:
-        return None
+def _versions(buffers: tuple) -> tuple | None:
+    """The in-place versions of the buffers that exist, or ``None`` when one is an inference
+    tensor (which keeps no version counter: the call is then rebuilt every time)."""
     try:
-        return tensor.data_ptr(), tensor._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return tensor.data_ptr(), None
+        return tuple([t._version for t in buffers if t is not None])
+    except RuntimeError:
+        return None
 
 
 class _Call(NamedTuple):
     """What a forward passes the driver besides the input, derived once per parameter version."""
 
+    buffers: tuple  # the parameter buffers it was derived from (kept: identity, not address)
+    versions: tuple | None  # and their versions then
+    k: float
     layout: Layout
     blocks: Callable[[], np.ndarray]
     neuron: driver.Neuron
     bias: np.ndarray
 
 
+_PARAMETERS = ("weight_q", "weight_scale", "input_divisor", "threshold", "bias")
+
+
 def _call(layer) -> _Call:
-    """The layer's :class:`_Call`, rebuilt when a parameter buffer is replaced or changed."""
-    b = layer._buffers
-    token = (
-        _identity(b["weight_q"]), _identity(b["weight_scale"]), _identity(b["input_divisor"]),
-        _identity(b["threshold"]), _identity(b["bias"]), layer.k, layer.count_range,
-    )  # fmt: skip
+    """The layer's :class:`_Call`, rebuilt when a parameter buffer is replaced or changed in
+    place, or ``k`` changes."""
     cached = layer.__dict__.get("_numba_call")
-    if cached is not None and cached[0] == token:
-        return cached[1]
+    b = layer._buffers
+    if cached is not None:
+        held = cached.buffers
+        if (
+            b["weight_q"] is held[0] and b["weight_scale"] is held[1]
+            and b["input_divisor"] is held[2] and b["threshold"] is held[3]
+            and b["bias"] is held[4] and layer.k == cached.k
+            and cached.versions is not None and _versions(held) == cached.versions
+        ):  # fmt: skip
+            return cached
+    buffers = tuple(b[name] for name in _PARAMETERS)
     lo, hi = exact_count_range(layer.count_range, torch.float32)
     threshold = 0.0 if layer.threshold is None else float(layer.threshold.to(torch.float32))
     neuron = driver.Neuron(
@@ -123,8 +133,11 @@ def _call(layer) -> _Call:
         layer.dynamic, np.float32(layer.k), np.float32(threshold), np.float32(lo), np.float32(hi),
     )  # fmt: skip
     bias = driver.EMPTY_F32 if layer.bias is None else layer.bias.detach().contiguous().numpy()
-    call = _Call(_layout(layer), partial(event_blocks, layer), neuron, bias)
-    layer.__dict__["_numba_call"] = (token, call)
+    call = _Call(
+        buffers, _versions(buffers), layer.k, _layout(layer),
+        partial(event_blocks, layer), neuron, bias,
+    )  # fmt: skip
+    layer.__dict__["_numba_call"] = call
     return call
 
 
@@ -141,10 +154,10 @@ def forward(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = rows.to(torch.float32).contiguous()
     call = _call(layer)
     counts = np.empty(rows.shape, dtype=np.int64)
-    v = np.empty(rows.shape[0], dtype=np.float64)
     y = driver.run(
-        call.layout, call.blocks, counts, v, x=rows.numpy(), neuron=call.neuron, bias=call.bias
-    )
+        call.layout, call.blocks, counts, np.empty(rows.shape[0]), x=rows.numpy(),
+        neuron=call.neuron, bias=call.bias,
+    )  # fmt: skip
     if y is None:
         check_finite(rows / layer.input_divisor, f"input of layer {layer.name!r}")
     return torch.from_numpy(y), torch.from_numpy(counts)

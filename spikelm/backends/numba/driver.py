@@ -323,7 +323,8 @@ def run(
     if parallel and PARALLEL == "auto":
         parallel_key = (min(rows, 64).bit_length(), lay.key)
         parallel, timed = _parallel_chooser.pick(parallel_key)
-    _ensure(parallel, lay.acc_dtype)
+    if (parallel, lay.acc_dtype) not in _compiled:
+        _ensure(parallel, lay.acc_dtype)
     kernel = _run_parallel if parallel else _run_serial
     start = time.perf_counter() if timed else 0.0
     on_counts = kernel(
