@@ -662,3 +662,25 @@ def test_numba_count_path_cuts_int32_lanes_before_they_wrap(numba_path: str) -> 
     assert torch.equal(numba_backend.accumulators(layer, counts).to(torch.int64), expected)
     reference = get_backend("reference")(layer, counts, v_th)
     assert torch.equal(numba_backend.linear(layer, counts, v_th), reference)
+
+
+@needs_numba
+def test_numba_forward_follows_parameter_changes() -> None:
+    """The one-call path caches its weight layout and neuron constants per layer; changing a
+    buffer in place, replacing one, or changing k must be seen by the next call."""
+    layer = _layer("bitwise_bidirectional", 8, 16)
+    layer.backend = "numba"
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(8))
+
+    def expected() -> torch.Tensor:
+        counts, v_th = layer.spike_counts(x)
+        return get_backend("reference")(layer, counts, v_th) + layer.bias
+
+    assert torch.equal(layer(x), expected())
+    layer.weight_q[:, :5] = -layer.weight_q[:, :5]  # in place
+    assert torch.equal(layer(x), expected())
+    layer.bias = torch.randn(layer.out_features)  # replaced
+    assert torch.equal(layer(x), expected())
+    layer.input_divisor.mul_(2.0)
+    layer.k = 2.5
+    assert torch.equal(layer(x), expected())
