@@ -171,7 +171,7 @@ def warmup(layers=()) -> float:
     driver.warmup(tuple({torch.int32, *(accumulator_dtype(layer) for layer in layers)}))
     for layer in layers:
         if layer.out_features:
-            driver.measure_crossover(_layout(layer), partial(event_blocks, layer))
+            driver.measure_crossover(_layout(layer))
     return time.perf_counter() - start
 
 

@@ -26,7 +26,7 @@ from numba import njit, prange
 from spikelm.backends.base import ran
 from spikelm.backends.numba.counts import count_tile, plan_counts
 from spikelm.backends.numba.events import event_task, plan_row, row_events
-from spikelm.backends.numba.layout import Layout
+from spikelm.backends.numba.layout import Layout, blocked
 from spikelm.backends.numba.neuron import neuron_row
 from spikelm.backends.numba.tuning import ParallelChooser, PathChooser
 
@@ -229,16 +229,17 @@ def path_crossovers() -> dict:
     return _path_chooser.choices()
 
 
-def measure_crossover(lay: Layout, blocks: Callable[[], np.ndarray]) -> float:
-    """The count/event crossover of ``lay``'s problem shape, measured on first use (then kept);
-    ``blocks()`` gives the event kernel's weights (built only for this measurement)."""
-    ratio = _path_chooser.ratios.get(lay.key)
-    if ratio is None:
-        event_weights = blocks()
-        ratio = _path_chooser.crossover(
-            lay.key, lambda forced: _synthetic(lay, event_weights, forced)
-        )
-    return ratio
+def measure_crossover(lay: Layout) -> float:
+    """The count/event crossover of ``lay``'s problem shape, measured on first use (then kept).
+    The event kernel's weights are built for the measurement only, not kept on the layer."""
+    blocks: list[np.ndarray] = []
+
+    def measure(forced: float) -> float:
+        if not blocks:
+            blocks.append(blocked(torch.from_numpy(lay.weight_q), numba.get_num_threads()))
+        return _synthetic(lay, blocks[0], forced)
+
+    return _path_chooser.crossover(lay.key, measure)
 
 
 def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
@@ -316,7 +317,7 @@ def run(
     if crossover is None:
         crossover = _path_chooser.ratios.get(lay.key)
         if crossover is None:
-            crossover = measure_crossover(lay, blocks)
+            crossover = measure_crossover(lay)
     work = in_features * out_features * rows
     parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
     timed = False

@@ -33,6 +33,7 @@ class Layout(NamedTuple):
     """What the kernels read of a layer besides the event blocks."""
 
     pairs: np.ndarray  # int8 [tiles, in / 2, TILE, 2]: the count kernel's weights
+    weight_q: np.ndarray  # int8 [out, in]: the layer's own buffer (a view, not a copy)
     in_features: int
     out_features: int
     groups: int
@@ -83,6 +84,7 @@ def layout(layer) -> Layout:
         decoding = get_coder(lay.coding).decoding
         return Layout(
             pairs=pair_layout(lay.weight_q.numpy()),
+            weight_q=lay.weight_q.numpy(),
             in_features=lay.in_features,
             out_features=lay.out_features,
             groups=groups,
