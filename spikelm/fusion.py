@@ -39,7 +39,6 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -259,14 +258,14 @@ def _vocab_size(model: nn.Module) -> int:
 # --- the fused layer -----------------------------------------------------------------------------
 
 
-@dataclass
 class _Shared:
     """The fused output of one input, until every member has taken its slice."""
 
-    input: torch.Tensor
-    version: int
-    output: torch.Tensor
-    taken: set[int] = field(default_factory=set)
+    __slots__ = ("input", "output", "taken", "version")
+
+    def __init__(self, x: torch.Tensor, version: int, output: torch.Tensor) -> None:
+        self.input, self.version, self.output = x, version, output
+        self.taken = 0  # bit i: member i has taken its slice
 
 
 class FusedSpikingLinear(SpikingLinear):
@@ -299,8 +298,9 @@ class FusedSpikingLinear(SpikingLinear):
         self.splits = tuple(int(s) for s in splits)
         ends = [sum(self.splits[: i + 1]) for i in range(len(self.splits))]
         self.bounds = tuple(zip([0, *ends[:-1]], ends, strict=True))
+        self._everyone = (1 << len(self.parts)) - 1  # every member's bit in _Shared.taken
         self._spike_config = config
-        self._shared: _Shared | None = None
+        self._hold(None)
         self._views: dict[int, tuple[tuple, SpikingLinear]] = {}
 
     def member_names(self, name: str | None = None) -> tuple[str, ...]:
@@ -315,7 +315,11 @@ class FusedSpikingLinear(SpikingLinear):
 
     def release(self) -> None:
         """Drop a held fused output (after a forward that stopped half way, e.g. on an error)."""
-        self._shared = None
+        self._hold(None)
+
+    def _hold(self, shared: _Shared | None) -> None:
+        # straight into __dict__: nn.Module.__setattr__ costs ~3 us, three times per token
+        self.__dict__["_shared"] = shared
 
     def take(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s output for input ``x``: its slice of the fused output, computed by
@@ -323,24 +327,25 @@ class FusedSpikingLinear(SpikingLinear):
         version = _version(x)
         if version is None:  # cannot tell whether x changed in place since: no sharing
             return self.member_layer(index, probe=self.probe)(x)
-        shared = self._shared
+        shared, bit = self._shared, 1 << index
         if (
             shared is None
             or shared.input is not x
             or shared.version != version
-            or index in shared.taken
+            or shared.taken & bit
         ):
-            self._shared = None  # release the old output before computing the new one
+            self._hold(None)  # release the old output before computing the new one
             shared = _Shared(x, version, self(x))
-            self._shared = shared
-        shared.taken.add(index)
-        if len(shared.taken) == len(self.parts):
-            self._shared = None
+            self._hold(shared)
+        shared.taken |= bit
+        if shared.taken == self._everyone:
+            self._hold(None)
         start, stop = self.bounds[index]
         return shared.output.narrow(-1, start, stop - start).contiguous()
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .float(), ...: new buffers
-        self._shared, self._views = None, {}
+        self._hold(None)
+        self._views = {}
         return super()._apply(fn, recurse)
 
     def member_layer(self, index: int, *, copy: bool = False, probe: Any = None) -> SpikingLinear:

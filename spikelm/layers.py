@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from spikelm.backends import select
-from spikelm.backends.base import ran
 from spikelm.config import SpikeConfig
 from spikelm.encoders import get_coder
 from spikelm.estimators import SpikeStats
@@ -134,27 +133,33 @@ class SpikingLinear(nn.Module):
         return get_coder(self.coding).events(counts, self.steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        backend = select(self.backend, rows)
+        backend = select(self.backend, x)
+        fused = None
         if (
             backend.forward is not None
-            and rows.device.type == backend.forward_device
             and not self.spike_cost
             and self.out_features
+            and (
+                x.is_cpu
+                if backend.forward_device == "cpu"
+                else x.device.type == backend.forward_device
+            )
         ):  # neuron and matmul in one call; the same counts, bias included
-            y, counts = backend.forward(self, rows)
-            if self.probe is not None:
+            fused = backend.forward(self, x, counts=self.probe is not None)
+        if fused is not None:
+            y, counts = fused
+            if counts is not None:
                 self.probe(self, counts.to(torch.float32))  # as spike_counts gives them
         else:
+            rows = x.reshape(-1, self.in_features)
             counts, v_th = self.spike_counts(rows)
-            y = backend.linear(self, counts, v_th)
-            ran(backend.name, rows.shape[0])
+            y = backend.linear(self, counts, v_th)  # it notes the path it ran
             if self.probe is not None:
                 self.probe(self, counts)
             if self.bias is not None:
                 y = y + self.bias
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
+            if x.dim() != 2:
+                y = y.reshape(*x.shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -684,3 +684,24 @@ def test_numba_forward_follows_parameter_changes() -> None:
     layer.input_divisor.mul_(2.0)
     layer.k = 2.5
     assert torch.equal(layer(x), expected())
+
+
+@needs_numba
+def test_numba_gives_the_reference_outputs_of_a_float64_layer() -> None:
+    """After ``.double()`` the torch neuron computes in float64 and the scales are float64: the
+    numba layer must still give the reference's outputs bit for bit (its compiled float32 neuron
+    steps aside; its kernels take the float64 scales)."""
+    layer = _layer("bitwise_bidirectional", 8, 16).double()
+    layer.input_divisor.copy_(torch.rand(layer.in_features, dtype=torch.float64) + 0.5)
+    layer.bias.normal_()
+    x = torch.randn(3, 2, layer.in_features, dtype=torch.float64)
+    counts, v_th = layer.spike_counts(x.reshape(-1, layer.in_features))
+    assert layer.weight_scale.dtype == torch.float64 and counts.dtype == torch.float64
+    layer.backend = "numba"
+    expected = get_backend("reference")(layer, counts, v_th) + layer.bias
+    y = layer(x)
+    assert y.dtype == torch.float64
+    assert torch.equal(y, expected.reshape(3, 2, -1))
+    paths = counting_paths()
+    layer(x)
+    assert sum(paths().values()) == 6 and not set(paths()) - {"numba.counts", "numba.events"}

@@ -25,6 +25,7 @@ float32 rounding. :func:`~spikelm.backends.base.counting_paths` counts which pat
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from importlib import import_module
 from importlib.util import find_spec
@@ -126,12 +127,13 @@ def _check_device(chosen: Backend, device: torch.device) -> None:
 
 
 def select(name: str, x: torch.Tensor) -> Backend:
-    """The backend a call of ``name`` runs for the input rows ``x [M, in]`` (``auto`` resolved
-    by device and row count); refuses a backend that does not run on ``x``'s device."""
+    """The backend a call of ``name`` runs for the input ``x [..., in]`` (``auto`` resolved by
+    device and row count, the rows being all but the last dimension); refuses a backend that
+    does not run on ``x``'s device."""
     if name == "auto":
-        name = auto_backend_name(x.device, x.shape[0])
+        name = auto_backend_name(x.device, math.prod(x.shape[:-1]))
     chosen = backend(name)
-    if chosen.devices is not None and x.device.type not in chosen.devices:
+    if chosen.devices is not None and ("cpu" if x.is_cpu else x.device.type) not in chosen.devices:
         _check_device(chosen, x.device)
     return chosen
 

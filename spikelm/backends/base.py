@@ -13,14 +13,17 @@ from dataclasses import dataclass
 import torch
 
 Linear = Callable[..., torch.Tensor]
-"""``linear(layer, counts [M, in], v_th [M, 1]) -> y [M, out]`` (float32, no bias)."""
+"""``linear(layer, counts [M, in], v_th [M, 1]) -> y [M, out]`` (float32, no bias); it notes the
+rows of each execution path it ran with :func:`ran`."""
 
 Accumulators = Callable[..., torch.Tensor]
 """``accumulators(layer, counts [M, in]) -> acc [M, G, out]``: the exact integer sums."""
 
-Forward = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
-"""``forward(layer, x [M, in]) -> (y [M, out] with bias, counts [M, in] int64)``: the neuron and
-the matmul in one call, in the float operations of ``SpikingLinear.spike_counts`` (same spikes)."""
+Forward = Callable[..., "tuple[torch.Tensor, torch.Tensor | None] | None"]
+"""``forward(layer, x [..., in], counts=bool) -> (y [..., out] with bias, counts [M, in] int64 or
+None)``: the neuron and the matmul in one call, in the float operations of
+``SpikingLinear.spike_counts`` (same spikes); ``None`` where it cannot (the layer then runs its
+torch neuron and ``linear``)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from spikelm.backends.base import Backend
+from spikelm.backends.base import Backend, ran
 from spikelm.backends.epilogue import epilogue
 from spikelm.encoders import get_coder
 
@@ -46,6 +46,7 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
 
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
+    ran("reference", counts.shape[0])
     return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from spikelm.backends.base import Backend
+from spikelm.backends.base import Backend, ran
 
 
 def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
+    ran("torch", counts.shape[0])
     return (counts @ layer.dequantized_weight().t()) * v_th
 
 

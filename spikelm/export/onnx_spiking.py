@@ -262,7 +262,7 @@ class SpikingLinearOp(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, spec.in_features)
         counts, v_th = layer.spike_counts(rows)
-        y = reference.linear(layer, counts, v_th)
+        y = epilogue(reference.accumulators(layer, counts), weight_scale, v_th)  # not counted
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.out_features), counts.to(spec.count_dtype)

@@ -17,7 +17,6 @@ spikelm`` does not import it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -87,25 +86,24 @@ def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _versions(buffers: tuple) -> tuple | None:
-    """The in-place versions of the buffers that exist, or ``None`` when one is an inference
-    tensor (which keeps no version counter: the call is then rebuilt every time)."""
+def _versions(buffers: tuple) -> list | None:
+    """The in-place versions of the buffers, or ``None`` when one is an inference tensor (which
+    keeps no version counter: the call is then rebuilt every time)."""
     try:
-        return tuple([t._version for t in buffers if t is not None])
+        return [t._version for t in buffers]
     except RuntimeError:
         return None
 
 
 class _Call(NamedTuple):
-    """What a forward passes the driver besides the input, derived once per parameter version."""
+    """What a forward needs besides the input, derived once per parameter version."""
 
     buffers: tuple  # the parameter buffers it was derived from (kept: identity, not address)
-    versions: tuple | None  # and their versions then
+    present: tuple  # those that are not None
+    versions: list | None  # and their versions then
     k: float
-    layout: Layout
-    blocks: Callable[[], np.ndarray]
-    neuron: driver.Neuron
-    bias: np.ndarray
+    bound: driver.Bound  # the compiled call, layout, neuron and bias bound
+    float32: bool  # the neuron's buffers are float32, as the compiled neuron computes
 
 
 _PARAMETERS = ("weight_q", "weight_scale", "input_divisor", "threshold", "bias")
@@ -122,7 +120,7 @@ def _call(layer) -> _Call:
             b["weight_q"] is held[0] and b["weight_scale"] is held[1]
             and b["input_divisor"] is held[2] and b["threshold"] is held[3]
             and b["bias"] is held[4] and layer.k == cached.k
-            and cached.versions is not None and _versions(held) == cached.versions
+            and cached.versions is not None and _versions(cached.present) == cached.versions
         ):  # fmt: skip
             return cached
     buffers = tuple(b[name] for name in _PARAMETERS)
@@ -133,34 +131,46 @@ def _call(layer) -> _Call:
         layer.dynamic, np.float32(layer.k), np.float32(threshold), np.float32(lo), np.float32(hi),
     )  # fmt: skip
     bias = driver.EMPTY_F32 if layer.bias is None else layer.bias.detach().contiguous().numpy()
-    call = _Call(
-        buffers, _versions(buffers), layer.k, _layout(layer),
-        partial(event_blocks, layer), neuron, bias,
-    )  # fmt: skip
+    bound = driver.Bound(_layout(layer), partial(event_blocks, layer), neuron, bias)
+    present = tuple(t for t in buffers if t is not None)
+    float32 = all(t.dtype == torch.float32 for t in present[2:] if t.is_floating_point())
+    call = _Call(buffers, present, _versions(present), layer.k, bound, float32)
     layer.__dict__["_numba_call"] = call
     return call
 
 
-def forward(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y [M, out], counts [M, in])``: the layer's outputs with bias (float32) straight from its
-    inputs ``x [M, in]``, and the spike counts it fired (int64), in one compiled call.
+def forward(
+    layer, x: torch.Tensor, *, counts: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(y [..., out], counts [M, in])``: the layer's outputs with bias (float32) straight from
+    its inputs ``x [..., in]`` (``M`` rows), and the spike counts it fired (int64; ``None`` with
+    ``counts=False``), in one compiled call.
 
     The counts are those of :meth:`SpikingLinear.spike_counts` bit for bit (the same float32
     operations, :mod:`.neuron`). NaN or inf inputs raise
-    :class:`~spikelm.errors.NonFiniteError` with the message ``spike_counts`` gives.
+    :class:`~spikelm.errors.NonFiniteError` with the message ``spike_counts`` gives. Returns
+    ``None`` (the layer then runs its torch neuron and :func:`linear`) when the layer's divisor,
+    threshold or bias is not float32 (a ``.double()`` model), where the torch neuron computes
+    in float64.
     """
-    rows = x.detach()
-    if rows.dtype != torch.float32 or not rows.is_contiguous():
-        rows = rows.to(torch.float32).contiguous()
     call = _call(layer)
-    counts = np.empty(rows.shape, dtype=np.int64)
-    y = driver.run(
-        call.layout, call.blocks, counts, np.empty(rows.shape[0]), x=rows.numpy(),
-        neuron=call.neuron, bias=call.bias,
-    )  # fmt: skip
+    if not call.float32:
+        return None
+    if x.requires_grad:
+        x = x.detach()
+    if x.dtype is not torch.float32 or not x.is_contiguous():
+        x = x.to(torch.float32).contiguous()
+    bound = call.bound
+    rows = x.numpy()
+    if rows.ndim != 2:
+        rows = rows.reshape(-1, layer.in_features)
+    spikes = np.empty(rows.shape, dtype=np.int64)
+    y = bound(spikes, np.empty(rows.shape[0]), x=rows)
     if y is None:
-        check_finite(rows / layer.input_divisor, f"input of layer {layer.name!r}")
-    return torch.from_numpy(y), torch.from_numpy(counts)
+        check_finite(x / layer.input_divisor, f"input of layer {layer.name!r}")
+    if x.ndim != 2:
+        y = y.reshape(*x.shape[:-1], layer.out_features)
+    return torch.from_numpy(y), torch.from_numpy(spikes) if counts else None
 
 
 def warmup(layers=()) -> float:

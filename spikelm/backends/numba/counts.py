@@ -244,7 +244,7 @@ def count_tile(counts, w, t, width, plan, path, acc, scale_t, v, bias, y):
     total = np.empty((rows, TILE), dtype=np.float64)
     for g in range(groups):
         if g + 1 < groups:  # the next group's scales: a short run far from the weights
-            for o in range(0, size, 8):
+            for o in range(0, size, 64 // scale_t.itemsize):  # one per cache line
                 _prefetch(scale_t, (g + 1) * scale_t.shape[1] + o0 + o)
         for r in range(rows):
             if not path[r]:
@@ -252,11 +252,11 @@ def count_tile(counts, w, t, width, plan, path, acc, scale_t, v, bias, y):
             lo, hi = r * stride + bounds[r, g], r * stride + bounds[r, g + 1]
             end = r * stride + bounds[r, groups]
             step = chunk[r]
-            if step > 0 and hi - lo <= step:  # the usual case: one int32 pass
+            if step > 0 and hi - lo <= step:  # the usual case: one int32 pass, exact
                 _dot_tile(w, w_off, flat_idx, flat_val, lo, hi, end, lanes)
-                for o in range(size):
-                    acc64[o] = lanes[o]
-            elif step > 0:  # int32 chunks summed in int64
+                group_done(lanes, g, r, o0, size, acc, scale_t, total[r], y)
+                continue
+            if step > 0:  # int32 chunks summed in int64
                 acc64[:] = 0
                 for s in range(lo, hi, step):
                     _dot_tile(w, w_off, flat_idx, flat_val, s, min(hi, s + step), end, lanes)

@@ -171,33 +171,40 @@ _parallel_chooser = ParallelChooser()
 _path_chooser = PathChooser()
 
 
-def _signature(acc_dtype: torch.dtype) -> tuple:
+_SCALE_TYPES = {np.dtype(np.float32): numba.float32, np.dtype(np.float64): numba.float64}
+FLOAT32 = np.dtype(np.float32)
+
+
+def _signature(acc_dtype: torch.dtype, scale_dtype: np.dtype) -> tuple:
     f32, f64, i64, boolean = numba.float32, numba.float64, numba.int64, numba.boolean
     return (
         f32[:, ::1], f32[::1], boolean, f32, f32, f32, f32,  # x, divisor, dynamic, k, V, lo, hi
         i64[:, ::1], f64[::1],  # counts, v
         numba.int8[:, :, :, ::1], numba.int8[:, :, ::1],  # pairs, blocks
         i64, i64, i64[::1], boolean[::1],  # width, decoding, shifts, negative
-        f64[:, ::1], f32[::1],  # scale_t, bias
+        _SCALE_TYPES[scale_dtype][:, ::1], f32[::1],  # scale_t, bias
         f64, boolean, boolean[::1],  # crossover, scan, path
         _ACC_TYPES[acc_dtype][:, :, ::1], f32[:, ::1],  # acc, y
     )  # fmt: skip
 
 
-def _ensure(parallel: bool, acc_dtype: torch.dtype) -> None:
-    """Compile (or load from the disk cache) one kernel for one accumulator dtype, timed."""
+def _ensure(parallel: bool, acc_dtype: torch.dtype, scale_dtype: np.dtype = FLOAT32) -> None:
+    """Compile (or load from the disk cache) one kernel for one accumulator and scale dtype,
+    timed."""
     global _compile_seconds
-    if (parallel, acc_dtype) in _compiled:
+    key = (parallel, acc_dtype, scale_dtype)
+    if key in _compiled:
         return
     start = time.perf_counter()
-    (_run_parallel if parallel else _run_serial).compile(_signature(acc_dtype))
-    _compiled.add((parallel, acc_dtype))
+    (_run_parallel if parallel else _run_serial).compile(_signature(acc_dtype, scale_dtype))
+    _compiled.add(key)
     _compile_seconds += time.perf_counter() - start
 
 
 def warmup(acc_dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> float:
-    """Compile (or load from the on-disk cache) the kernels for these accumulator dtypes;
-    returns the seconds this call spent (:func:`compile_seconds` keeps the running total)."""
+    """Compile (or load from the on-disk cache) the kernels for these accumulator dtypes (and
+    float32 scales; float64 ones compile on first use); returns the seconds this call spent
+    (:func:`compile_seconds` keeps the running total)."""
     start = time.perf_counter()
     for dtype in acc_dtypes:
         _ensure(False, dtype)
@@ -261,13 +268,12 @@ def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
     v = np.ones(rows)
     y = np.empty((rows, lay.out_features), dtype=np.float32)
     acc = EMPTY_ACC[lay.acc_np]
-    _ensure(False, lay.acc_dtype)
+    _ensure(False, lay.acc_dtype, lay.scale_t.dtype)
     start = time.perf_counter()
     _run_serial(
-        EMPTY_X, NO_NEURON.divisor, False, NO_NEURON.k, NO_NEURON.threshold, NO_NEURON.lo,
-        NO_NEURON.hi, counts, v, lay.pairs, blocks, lay.width, lay.decoding_code, lay.shifts,
-        lay.negative, lay.scale_t, EMPTY_F32, crossover, False, np.empty(rows, dtype=np.bool_),
-        acc, y,
+        EMPTY_X, *NO_NEURON.arguments(), counts, v, lay.pairs, blocks, lay.width,
+        lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, EMPTY_F32, crossover, False,
+        np.empty(rows, dtype=np.bool_), acc, y,
     )  # fmt: skip
     return time.perf_counter() - start
 
@@ -281,9 +287,92 @@ class Neuron:
         self.divisor, self.dynamic, self.k = divisor, dynamic, k
         self.threshold, self.lo, self.hi = threshold, lo, hi
 
+    def arguments(self) -> tuple:
+        return self.divisor, self.dynamic, self.k, self.threshold, self.lo, self.hi
+
 
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 NO_NEURON = Neuron(EMPTY_F32, False, _ONE, _ONE, _ZERO, _ZERO)
+
+
+class Bound:
+    """One layer's compiled call with everything but the rows bound: its layout, neuron and bias.
+
+    Built once per layer and parameter version (the per-token path, :func:`spikelm.backends.numba
+    .forward`) or per call (:func:`run`); a call does only what depends on the rows: allocate the
+    outputs, pick the path crossover and the serial or parallel kernel, and run it.
+    """
+
+    __slots__ = ("blocks", "bias", "crossover", "kernel_key", "layout", "neuron", "work")
+
+    def __init__(
+        self,
+        lay: Layout,
+        blocks: Callable[[], np.ndarray],
+        neuron: Neuron = NO_NEURON,
+        bias: np.ndarray = EMPTY_F32,
+    ) -> None:
+        self.layout, self.blocks, self.bias = lay, blocks, bias
+        self.neuron = neuron.arguments()
+        self.work = lay.in_features * lay.out_features  # column updates per row, at most
+        self.kernel_key = (lay.acc_dtype, lay.scale_t.dtype)
+        self.crossover: float | None = None  # measured on the first call that needs it
+
+    def _crossover(self) -> float:
+        if PATH != "auto":
+            return FORCED[PATH]
+        crossover = self.crossover
+        if crossover is None:
+            crossover = self.crossover = measure_crossover(self.layout)
+        return crossover
+
+    def __call__(
+        self, counts: np.ndarray, v: np.ndarray, *, x: np.ndarray = EMPTY_X,
+        accumulators: bool = False,
+    ) -> np.ndarray | None:  # fmt: skip
+        """Outputs ``y [M, out]`` (float32, plus the bias), or the exact accumulators
+        ``[M, G, out]``.
+
+        With ``x`` (float32 ``[M, in]``) the neuron fills ``counts`` (int64 ``[M, in]``) and
+        ``v`` (float64 ``[M]``) first; returns ``None`` if ``x`` holds NaN or inf. Without it,
+        ``counts`` and ``v`` are inputs (counts in the coding's range: the entry points check
+        that). The event kernel's weights (``blocks()``) are asked for only when a row may take
+        that path.
+        """
+        rows = counts.shape[0]
+        lay = self.layout
+        if accumulators:
+            acc, y = np.empty((rows, lay.groups, lay.out_features), dtype=lay.acc_np), EMPTY_Y
+        else:
+            acc, y = EMPTY_ACC[lay.acc_np], np.empty((rows, lay.out_features), dtype=np.float32)
+        if rows == 0:
+            return acc if accumulators else y
+        crossover = self._crossover()
+        parallel = timed = False
+        if PARALLEL is not False and rows * self.work >= PARALLEL_MIN_WORK:
+            if numba.get_num_threads() > 1:
+                parallel = True
+                if PARALLEL == "auto":
+                    parallel_key = (min(rows, 64).bit_length(), lay.key)
+                    parallel, timed = _parallel_chooser.pick(parallel_key)
+        if (parallel, *self.kernel_key) not in _compiled:
+            _ensure(parallel, *self.kernel_key)
+        start = time.perf_counter() if timed else 0.0
+        on_counts = (_run_parallel if parallel else _run_serial)(
+            x, *self.neuron, counts, v, lay.pairs,
+            self.blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width, lay.decoding_code,
+            lay.shifts, lay.negative, lay.scale_t, self.bias, crossover,
+            1.0 <= crossover < math.inf, np.empty(rows, dtype=np.bool_), acc, y,
+        )  # fmt: skip
+        if timed:
+            _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
+        if on_counts < 0:
+            return None
+        if on_counts:
+            ran("numba.counts", on_counts)
+        if on_counts < rows:
+            ran("numba.events", rows - on_counts)
+        return acc if accumulators else y
 
 
 def run(
@@ -292,54 +381,8 @@ def run(
     counts: np.ndarray,
     v: np.ndarray,
     *,
-    x: np.ndarray = EMPTY_X,
-    neuron: Neuron = NO_NEURON,
-    bias: np.ndarray = EMPTY_F32,
     accumulators: bool = False,
-) -> np.ndarray | None:
-    """Outputs ``y [M, out]`` (float32, plus ``bias``), or the exact accumulators ``[M, G, out]``.
-
-    ``blocks()`` gives the event kernel's weights, asked for only when a row may take that path.
-
-    With ``x`` (float32 ``[M, in]``) the neuron fills ``counts`` (int64 ``[M, in]``) and ``v``
-    (float64 ``[M]``) first; returns ``None`` if ``x`` holds NaN or inf. Without it, ``counts``
-    and ``v`` are inputs (counts in the coding's range: the entry points check that).
-    """
-    rows, in_features = counts.shape
-    out_features = lay.out_features
-    if accumulators:
-        acc, y = np.empty((rows, lay.groups, out_features), dtype=lay.acc_np), EMPTY_Y
-    else:
-        acc, y = EMPTY_ACC[lay.acc_np], np.empty((rows, out_features), dtype=np.float32)
-    if rows == 0:
-        return acc if accumulators else y
-    crossover = FORCED.get(PATH)
-    if crossover is None:
-        crossover = _path_chooser.ratios.get(lay.key)
-        if crossover is None:
-            crossover = measure_crossover(lay)
-    work = in_features * out_features * rows
-    parallel = PARALLEL is not False and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
-    timed = False
-    if parallel and PARALLEL == "auto":
-        parallel_key = (min(rows, 64).bit_length(), lay.key)
-        parallel, timed = _parallel_chooser.pick(parallel_key)
-    if (parallel, lay.acc_dtype) not in _compiled:
-        _ensure(parallel, lay.acc_dtype)
-    kernel = _run_parallel if parallel else _run_serial
-    start = time.perf_counter() if timed else 0.0
-    on_counts = kernel(
-        x, neuron.divisor, neuron.dynamic, neuron.k, neuron.threshold, neuron.lo, neuron.hi,
-        counts, v, lay.pairs, blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width,
-        lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, bias, crossover,
-        1.0 <= crossover < math.inf, np.empty(rows, dtype=np.bool_), acc, y,
-    )  # fmt: skip
-    if timed:
-        _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
-    if on_counts < 0:
-        return None
-    if on_counts:
-        ran("numba.counts", on_counts)
-    if on_counts < rows:
-        ran("numba.events", rows - on_counts)
-    return acc if accumulators else y
+) -> np.ndarray:
+    """One call from given counts and thresholds (no neuron, no bias): :class:`Bound`'s
+    outputs ``y [M, out]`` or exact accumulators ``[M, G, out]``."""
+    return Bound(lay, blocks)(counts, v, accumulators=accumulators)

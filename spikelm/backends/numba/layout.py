@@ -38,7 +38,8 @@ class Layout(NamedTuple):
     out_features: int
     groups: int
     width: int  # input channels per weight-scale group
-    scale_t: np.ndarray  # float64 [G, out]: the weight scales, transposed
+    scale_t: np.ndarray  # [G, out]: the weight scales, transposed (float32 as the layer holds
+    # them, widened exactly in the kernel: half the bytes of float64; float64 buffers stay so)
     acc_dtype: torch.dtype  # int32, or int64 where int32 could overflow
     decoding: str  # the coder's Decoding
     shifts: np.ndarray  # int64 [T]: log2 |c_t|
@@ -74,6 +75,12 @@ def blocked(weight_q: torch.Tensor, threads: int) -> np.ndarray:
     return padded.reshape(n_in, blocks, width).transpose(0, 1).contiguous().numpy()
 
 
+def _scale_dtype(scale: torch.Tensor) -> torch.dtype:
+    """float32 scales stay float32 (the kernels widen them to float64 exactly); anything else is
+    held as float64, which every float dtype widens into exactly."""
+    return torch.float32 if scale.dtype == torch.float32 else torch.float64
+
+
 def layout(layer) -> Layout:
     """The layer's :class:`Layout`, cached on it (rebuilt when its weights change)."""
 
@@ -89,7 +96,7 @@ def layout(layer) -> Layout:
             out_features=lay.out_features,
             groups=groups,
             width=lay.in_features // groups,
-            scale_t=lay.weight_scale.t().to(torch.float64).contiguous().numpy(),
+            scale_t=lay.weight_scale.t().to(_scale_dtype(lay.weight_scale)).contiguous().numpy(),
             acc_dtype=acc_dtype,
             decoding=decoding,
             shifts=shifts.numpy(),

@@ -34,26 +34,28 @@ def fixed_order_sum(values, n):
 @njit(inline="always", fastmath=False)
 def neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, counts, scratch):
     """Row ``r``: counts into ``counts[r]``; returns ``V_th`` (float32), or NaN if ``x[r]`` holds
-    NaN or inf (nothing else is then written)."""
+    NaN or inf (nothing else is then written). The loops run over 1-D views without early exits
+    or branches, so that LLVM vectorises them."""
     n = x.shape[1]
+    row, out = x[r], counts[r]
     for i in range(n):
-        u = x[r, i] / divisor[i]
-        if not np.isfinite(u):
+        scratch[i] = row[i] / divisor[i]
+    for i in range(n):
+        if not np.isfinite(scratch[i]):
             return np.float32(np.nan)
-        scratch[i] = u
     if dynamic:
+        magnitudes = scratch[n + 1 :]
         for i in range(n):
-            scratch[n + 1 + i] = abs(scratch[i])
-        v = fixed_order_sum(scratch[n + 1 :], n) / np.float32(n) / k
+            magnitudes[i] = abs(scratch[i])
+        v = fixed_order_sum(magnitudes, n) / np.float32(n) / k
     else:
         v = threshold
+    if not v > 0:
+        out[:] = 0
+        return v
     half = np.float32(0.5)
-    for i in range(n):
+    for i in range(n):  # u = 0 gives ceil(-1/2) = -0: no spike
         u = scratch[i]
-        if v > 0 and u != 0:
-            c = np.ceil(abs(u) / v - half)
-            c = -c if u < 0 else c
-            counts[r, i] = np.int64(min(max(c, lo), hi))
-        else:
-            counts[r, i] = 0
+        c = np.ceil(abs(u) / v - half)
+        out[i] = np.int64(min(max(-c if u < 0 else c, lo), hi))
     return v
