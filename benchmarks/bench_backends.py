@@ -10,7 +10,9 @@
    Columns: numba (event-driven), torch_events (index_add_ per event), dense fp32 ``F.linear`` on
    the dequantized input (counts * V_th) with the dequantized weight (the baseline), the same
    layer with int8 weights under torch's dynamic quantization (``quantize_dynamic``, W8A8: the
-   int8 baseline; the whole-model rows quantize the ANN the same way), and SpikingJelly 2.0 simulating the same layer ann2snn-style: the float activation (the dequantized
+   int8 baseline; the whole-model rows quantize the ANN the same way: every linear layer, and
+   separately only the layers spikelm converts), and SpikingJelly 2.0 simulating the same layer
+   ann2snn-style: the float activation (the dequantized
    input, scaled to the IF threshold) is repeated over the same T steps into a multi-step
    ``IFNode(step_mode='m', v_reset=None)`` (soft reset, its default torch path), whose spike train
    ``[T, B, in]`` goes through the fp32 ``nn.Linear``; the T outputs are averaged. This is
@@ -48,7 +50,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,7 @@ from spikelm.convert import spiking, spiking_layer  # noqa: E402
 from spikelm.encoders import get_coder  # noqa: E402
 from spikelm.estimators import SpikeStats, summarize  # noqa: E402
 from spikelm.fidelity import token_batches  # noqa: E402
+from spikelm.fusion import spiking_projections  # noqa: E402
 from spikelm.layers import SpikingLinear, probed, spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
@@ -271,16 +274,18 @@ def numba_path(path: str) -> Iterator[None]:
         driver.PATH = previous
 
 
-def int8_baseline(model: nn.Module) -> nn.Module:
+def int8_baseline(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
     """The same model with int8 weights on torch's dynamic quantization (W8A8: activations
-    quantized per call), the int8 CPU path issue 12 measures spikelm against."""
+    quantized per call), the int8 CPU path issue 12 measures spikelm against: every
+    ``nn.Linear``, or only the modules called ``names`` (those spikelm converts)."""
     import warnings
 
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    spec = {nn.Linear} if names is None else {name: default_dynamic_qconfig for name in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation notes on quantized tensors
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
-        )
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 
 def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy_bw: float) -> dict:
@@ -584,12 +589,15 @@ def wide_decode_section(args, report: Report) -> dict:
         f"MLP {WIDE['intermediate']}), batch 1, {args.prompt_tokens} prompt + {args.new_tokens} "
         f"generated tokens, {threads} threads for torch and numba; tok/s medians. ANN fp32, ANN "
         "int8 and 'SNN step' run the same loop (the adapter's step, greedy); 'SNN simulate' is "
-        "spikelm.simulate, which also keeps the firing statistics"
+        "spikelm.simulate, which also keeps the firing statistics. 'ANN int8' quantizes every "
+        "linear layer, the LM head included (the baseline of the ratios 'x int8'); 'int8 same' "
+        "only the layers spikelm converts, so that the rest (LM head, attention, norms) is the "
+        "same fp32 in both ('x same')"
     )
     header = (
-        f"{'model':<34} {'params':>7} {'ANN fp32':>8} {'ANN int8':>8} {'SNN step':>8} "
-        f"{'SNN sim':>8} | {'x fp32':>6} {'x int8':>6} {'sim/int8':>8} {'spk/ch':>6} "
-        f"{'ANN MiB':>8} {'SNN MiB':>8}"
+        f"{'model':<34} {'params':>7} {'ANN fp32':>8} {'ANN int8':>8} {'int8 same':>9} "
+        f"{'SNN step':>8} {'SNN sim':>8} | {'x fp32':>6} {'x int8':>6} {'x same':>6} "
+        f"{'sim/int8':>8} {'spk/ch':>6} {'ANN MiB':>8} {'SNN MiB':>8}"
     )
     report(header)
     report("-" * len(header))
@@ -601,6 +609,7 @@ def wide_decode_section(args, report: Report) -> dict:
         snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False, backend="numba")
         params = sum(p.numel() for p in ann.parameters())
         quantized = int8_baseline(ann)
+        same = int8_baseline(ann, spiking_projections(snn))
         snn_sim, snn_peak, (*_, result) = measure(
             lambda m=snn: snn_decode(m, prompt, args.new_tokens, threads=threads), args.decode_reps
         )  # also compiles and tunes the kernels before the step loop below
@@ -611,19 +620,26 @@ def wide_decode_section(args, report: Report) -> dict:
             int8_tps, _, _ = measure(
                 lambda m=quantized: ann_decode(m, prompt, args.new_tokens), args.decode_reps
             )
+            same_tps, _, _ = measure(
+                lambda m=same: ann_decode(m, prompt, args.new_tokens), args.decode_reps
+            )
             snn_step, _, _ = measure(
                 lambda m=snn: ann_decode(m, prompt, args.new_tokens), args.decode_reps
             )
-        del quantized
+        del quantized, same
         spc = result.stats.spikes_per_channel
         a, q = statistics.median(ann_tps), statistics.median(int8_tps)
-        b, c = statistics.median(snn_step), statistics.median(snn_sim)
-        report(
-            f"{name:<34} {params / 1e6:>6.1f}M {a:>8.1f} {q:>8.1f} {b:>8.1f} {c:>8.1f} | "
-            f"{b / a:>6.2f} {b / q:>6.2f} {c / q:>8.2f} {spc:>6.3f} {ann_peak:>8.0f} "
-            f"{snn_peak:>8.0f}"
+        b, c, e = (
+            statistics.median(snn_step),
+            statistics.median(snn_sim),
+            statistics.median(same_tps),
         )
-        results[name] = (b / a, b / q, c / q)
+        report(
+            f"{name:<34} {params / 1e6:>6.1f}M {a:>8.1f} {q:>8.1f} {e:>9.1f} {b:>8.1f} {c:>8.1f} "
+            f"| {b / a:>6.2f} {b / q:>6.2f} {b / e:>6.2f} {c / q:>8.2f} {spc:>6.3f} "
+            f"{ann_peak:>8.0f} {snn_peak:>8.0f}"
+        )
+        results[name] = (b / a, b / q, c / q, b / e)
         del snn
     report(
         "  (SNN: backend 'numba', SpikingBrain's recipe with shared-input projections fused; "
@@ -736,11 +752,12 @@ def main() -> None:
         f"the fp32 ANN's tok/s, {spk / int8_tps:.2f}x the int8 ANN's ({sim / ann_tps:.2f}x the "
         "fp32 ANN's under simulate)"
     )
-    for name, (ratio, ratio_int8, sim_int8) in wide.items():
+    for name, (ratio, ratio_int8, sim_int8, ratio_same) in wide.items():
         report(
             f"whole-model decode ({name}, hidden {WIDE['hidden']}, same step loop): {ratio:.2f}x "
             f"the fp32 ANN's tok/s, {ratio_int8:.2f}x the int8 ANN's ({sim_int8:.2f}x under "
-            "simulate, statistics included)"
+            f"simulate, statistics included; {ratio_same:.2f}x the ANN with int8 in the converted "
+            "layers only)"
         )
     report(f"# load average at end: {loadavg()}; wall {time.perf_counter() - wall:.0f} s")
     if args.out:
