@@ -1,28 +1,19 @@
-"""Calibration: observers on the inputs of linear layers, and the rules that turn what they saw
-into per-channel divisors and static thresholds.
+"""Calibration, the torch.ao way: ``prepare`` attaches an observer (:mod:`spikelm.observers`) to
+the input of every layer a conversion targets (:func:`spikelm.targets.target_linears`),
+``calibrate`` runs data through the model, and ``spikelm.convert.convert`` reads the
+observers and turns each target layer into a spiking one.
 
-An observer keeps, per input channel ``j`` of a layer: the number of rows seen, ``sum |x_j|``,
-``max |x_j|``, a seeded bottom-k reservoir of whole rows (for percentiles) and, when the config
-asks for loss-aware thresholds, ``sum (dL/dx_j)^2`` from a backward pass of the next-token loss
-(the diagonal Fisher ``F_j``). From those:
-
-    d_j   = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)        (outlier migration; geo-mean 1)
-    d_j  *= F_j^-p / geomean(F^-p)                           (Fisher shaping, fisher_power = p)
-    u     = x / d
-    static_tensor:   V = mean|u| / k  |  P_p(|u|) / hi  |  max|u| / hi          (rule)
-                     V = c geomean(F^-p) / k,  c = geomean over all layers' channels of
-                         mean|x_j| F_j^p                                         (Fisher)
-    static_channel:  V_j likewise per channel, folded into d (d_j <- d_j V_j, then V = 1)
-
-Quantization noise of step ``V_j`` on channel ``j`` raises the loss by about ``F_j V_j^2 / 24``;
-with bitwise codes the spikes grow like ``log2(|x| / V)``, so ``p = 1/2`` (equal ``F_j V_j^2``
-everywhere) is the spike-optimal split of a loss budget under that model.
+Everything calibration holds travels in one record, :class:`Calibration`, stored on the model
+as ``model._spikelm_calibration`` from ``prepare`` until ``convert`` takes it: the config, the
+observers by layer name and the hooks. Dependencies run one way: this module knows observers
+and targets, ``convert`` knows this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,100 +24,65 @@ from spikelm.adapters import adapter_for
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.loss import next_token_nll
-from spikelm.neurons import check_finite
+from spikelm.observers import ActivationObserver
+from spikelm.targets import target_linears
 
-FISHER_FLOOR_QUANTILE = 0.01  # channels below this quantile of a layer's Fisher are lifted to it
-
-
-class ActivationObserver:
-    """Running statistics of one layer's input, gathered by a forward pre-hook."""
-
-    def __init__(self, name: str, channels: int, max_rows: int, seed: int) -> None:
-        """``max_rows = 0`` keeps no row sample (only percentiles need one)."""
-        self.name = name
-        self.rows = 0
-        self.sum_abs = torch.zeros(channels, dtype=torch.float64)
-        self.max_abs = torch.zeros(channels, dtype=torch.float64)
-        self.max_rows = max_rows
-        self.grad_rows = 0
-        self.sum_grad_sq = torch.zeros(channels, dtype=torch.float64)
-        self.sample = torch.zeros(0, channels)
-        self._keys = torch.zeros(0)
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def observe(self, x: torch.Tensor) -> None:
-        rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).cpu()
-        check_finite(rows, f"calibration activations of layer {self.name!r}")
-        magnitude = rows.abs()
-        self.rows += rows.shape[0]
-        self.sum_abs += magnitude.sum(0, dtype=torch.float64)
-        self.max_abs = torch.maximum(self.max_abs, magnitude.amax(0).to(torch.float64))
-        if self.max_rows == 0:
-            return
-        keys = torch.cat([self._keys, torch.rand(rows.shape[0], generator=self._generator)])
-        sample = torch.cat([self.sample, magnitude])
-        if keys.numel() > self.max_rows:
-            keys, order = torch.topk(keys, self.max_rows, largest=False, sorted=False)
-            sample = sample[order]
-        self._keys, self.sample = keys, sample
-
-    def observe_gradient(self, grad: torch.Tensor) -> None:
-        """Add ``(dL/dx)^2`` of a backward pass, summed over rows."""
-        rows = grad.detach().reshape(-1, grad.shape[-1]).to(torch.float64).cpu()
-        check_finite(rows, f"loss gradient at the input of layer {self.name!r}")
-        self.grad_rows += rows.shape[0]
-        self.sum_grad_sq += (rows**2).sum(0)
-
-    @property
-    def mean_abs(self) -> torch.Tensor:
-        return (self.sum_abs / max(self.rows, 1)).to(torch.float32)
-
-    @property
-    def fisher(self) -> torch.Tensor:
-        """Diagonal Fisher ``F_j = mean (dL/dx_j)^2`` (float32 ``[in]``; zeros before a backward)."""
-        return (self.sum_grad_sq / max(self.grad_rows, 1)).to(torch.float32)
-
-    def fisher_weights(self, power: float) -> torch.Tensor:
-        """``F_j^-p``, ``F`` floored at the 1% quantile of its positive values (a channel the loss
-        never reached would get an infinite threshold); ``ConfigError`` for a layer with no gradient."""
-        fisher = self.fisher
-        if self.grad_rows == 0 or not bool((fisher > 0).any()):
-            raise ConfigError(
-                f"layer {self.name!r} got no loss gradient in calibration: fisher_power needs "
-                "layers that the next-token loss depends on"
-            )
-        floor = torch.quantile(fisher[fisher > 0], FISHER_FLOOR_QUANTILE)
-        return fisher.clamp_min(floor) ** -power
+RECORD = "_spikelm_calibration"
+"""The model attribute holding its :class:`Calibration` between ``prepare`` and ``convert``."""
 
 
-def _attach(model: nn.Module) -> dict[str, ActivationObserver]:
-    return getattr(model, "_spikelm_observers", {})
+@dataclass
+class Calibration:
+    """What ``prepare`` set up and ``calibrate`` filled: the config, one observer per target layer
+    (by qualified name) and the hooks that feed them."""
+
+    config: SpikeConfig
+    observers: dict[str, ActivationObserver]
+    hooks: list[Any] = field(default_factory=list)
+
+    def release(self) -> dict[str, ActivationObserver]:
+        """Remove the hooks; returns the observers (what conversion reads)."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+        return self.observers
+
+
+def calibration_of(model: nn.Module, what: str = "convert()") -> Calibration:
+    """The model's :class:`Calibration`, or :class:`ConfigError` saying ``what`` needs one."""
+    record = getattr(model, RECORD, None)
+    if not isinstance(record, Calibration):
+        raise ConfigError(f"{what} needs a model returned by prepare()")
+    return record
+
+
+def take_calibration(model: nn.Module) -> Calibration:
+    """Detach the model's :class:`Calibration` (hooks removed, attribute dropped) and return it."""
+    record = calibration_of(model)
+    record.release()
+    delattr(model, RECORD)
+    return record
 
 
 def prepare(model: nn.Module, config: SpikeConfig) -> nn.Module:
     """Attach an observer to the input of every layer ``config`` converts; returns ``model``."""
-    from spikelm.convert import target_linears
-
     targets = target_linears(model, config)
     if not targets:
         raise ConfigError(
             "no nn.Linear layer matches the include/keep_dense patterns "
             f"(include={list(config.include)}, keep_dense={list(config.keep_dense)})"
         )
-    observers: dict[str, ActivationObserver] = {}
-    handles = []
     needs_sample = config.threshold != "dynamic" and config.rule == "percentile"
     rows = config.max_calib_rows if needs_sample else 0
+    record = Calibration(config, {})
     for name, linear in targets.items():
         observer = ActivationObserver(name, linear.in_features, rows, config.seed)
-        observers[name] = observer
+        record.observers[name] = observer
         hook = (
             _fisher_hook(observer) if config.fisher_power is not None else _observe_hook(observer)
         )
-        handles.append(linear.register_forward_pre_hook(hook))
-    model._spikelm_observers = observers
-    model._spikelm_hooks = handles
-    model._spikelm_config = config
+        record.hooks.append(linear.register_forward_pre_hook(hook))
+    setattr(model, RECORD, record)
     return model
 
 
@@ -155,7 +111,8 @@ def _fisher_hook(observer: ActivationObserver) -> Callable[[nn.Module, tuple], t
     return hook
 
 
-def _default_run(model: nn.Module, batch: Any) -> None:
+def default_run(model: nn.Module, batch: Any) -> None:
+    """A forward pass of token ids with the family's calibration keywords."""
     model(batch, **_calibration_kwargs(model))
 
 
@@ -171,7 +128,9 @@ def _calibration_kwargs(model: nn.Module, *, all_logits: bool = False) -> dict[s
     output head itself is calibrated."""
     adapter = adapter_for(model)
     head = adapter.output_head(model)
-    observed = {id(model.get_submodule(name)) for name in _attach(model)}
+    record = getattr(model, RECORD, None)
+    names = record.observers if isinstance(record, Calibration) else ()
+    observed = {id(model.get_submodule(name)) for name in names}
     all_logits = all_logits or (head is not None and id(head) in observed)
     return adapter.calibration_kwargs(model, all_logits=all_logits)
 
@@ -189,13 +148,12 @@ def calibrate(
     must return the loss (default :func:`next_token_loss`); it is differentiated with respect to
     the observed activations only (parameters are frozen meanwhile, so no weight gradient is kept).
     """
-    if not _attach(model):
-        raise ConfigError("calibrate() needs a model returned by prepare()")
+    record = calibration_of(model, "calibrate()")
     batches = list(batches)
     if not batches:
         raise ConfigError("the calibration set is empty: give at least one text or token batch")
-    fisher = model._spikelm_config.fisher_power is not None
-    step = _loss_step(run or next_token_loss) if fisher else run or _default_run
+    fisher = record.config.fisher_power is not None
+    step = _loss_step(run or next_token_loss) if fisher else run or default_run
     was_training = model.training
     model.eval()
     # disable=None draws the bar only on a terminal, so logs and pipes get no bar lines
@@ -234,93 +192,3 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-
-
-def detach_observers(model: nn.Module) -> dict[str, ActivationObserver]:
-    """Remove the hooks ``prepare`` added and return the observers."""
-    for handle in getattr(model, "_spikelm_hooks", []):
-        handle.remove()
-    observers = _attach(model)
-    for attribute in ("_spikelm_observers", "_spikelm_hooks"):
-        if hasattr(model, attribute):
-            delattr(model, attribute)
-    return observers
-
-
-def channel_divisor(
-    observer: ActivationObserver | None,
-    weight: torch.Tensor,
-    config: SpikeConfig,
-    fisher_level: float | None = None,
-) -> torch.Tensor:
-    """Per-channel divisor ``d`` (outlier migration, Fisher shaping and per-channel thresholds),
-    float32 ``[in]``; ``fisher_level`` as in :func:`static_threshold`."""
-    channels = weight.shape[1]
-    divisor = torch.ones(channels)
-    if config.needs_calibration and (observer is None or observer.rows == 0):
-        name = observer.name if observer is not None else "?"
-        raise ConfigError(f"layer {name!r} saw no calibration data; run calibrate() first")
-    if config.smooth_alpha is not None:
-        alpha = config.smooth_alpha
-        x_max = observer.max_abs.to(torch.float32).clamp_min(1e-8)
-        w_max = weight.detach().abs().amax(0).to(torch.float32).clamp_min(1e-8)
-        divisor = x_max**alpha / w_max ** (1 - alpha)
-        divisor = divisor / divisor.log().mean().exp()
-    if config.fisher_power is not None:
-        divisor = divisor * _geo_normalised(observer.fisher_weights(config.fisher_power))
-    if config.threshold == "static_channel":
-        divisor = divisor * static_threshold(
-            observer, divisor, config, per_channel=True, fisher_level=fisher_level
-        )
-    return divisor
-
-
-def _geo_normalised(values: torch.Tensor) -> torch.Tensor:
-    return values / values.log().mean().exp()
-
-
-def fisher_scale(observers: Iterable[ActivationObserver], power: float) -> float:
-    """The model-wide constant ``c = geomean(mean|x_{l,i}| F_{l,i}^p)`` over every channel of every
-    layer, so that ``V_{l,i} = c F_{l,i}^-p / k`` is ``mean|x| / k`` for a typical channel."""
-    logs = [(o.mean_abs.clamp_min(1e-12) / o.fisher_weights(power)).log() for o in observers]
-    return float(torch.cat(logs).mean().exp())
-
-
-def static_threshold(
-    observer: ActivationObserver,
-    divisor: torch.Tensor,
-    config: SpikeConfig,
-    *,
-    per_channel: bool,
-    fisher_level: float | None = None,
-) -> torch.Tensor:
-    """Threshold of ``u = x / divisor`` by ``config.rule``: a scalar, or ``[in]`` per channel.
-
-    With ``fisher_power`` it is ``c geomean(F^-p) / k`` (``fisher_level`` = ``c``, from
-    :func:`fisher_scale`): the divisor already holds the channel shape ``F_i^-p / geomean``.
-    """
-    hi = config.count_range[1]
-    if config.fisher_power is not None:
-        if fisher_level is None:
-            raise ConfigError("fisher_power static thresholds need the model-wide fisher_scale")
-        level = observer.fisher_weights(config.fisher_power).log().mean().exp()
-        value = fisher_level * level / config.k * torch.ones(divisor.shape if per_channel else ())
-    elif config.rule == "mean_abs":
-        mean = observer.mean_abs / divisor
-        value = mean if per_channel else mean.mean()
-        value = value / config.k
-    elif config.rule == "max":
-        peak = observer.max_abs.to(torch.float32) / divisor
-        value = (peak if per_channel else peak.max()) / hi
-    else:
-        sample = observer.sample / divisor
-        q = config.percentile / 100
-        value = (torch.quantile(sample, q, dim=0) if per_channel else _quantile(sample, q)) / hi
-    return torch.where(value > 0, value, torch.ones_like(value)).to(torch.float32)
-
-
-def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Quantile of all entries (``torch.quantile`` refuses inputs over 16M elements)."""
-    flat = values.flatten()
-    index = min(int(round(q * (flat.numel() - 1))), flat.numel() - 1)
-    return flat.kthvalue(index + 1).values

@@ -35,12 +35,12 @@ from torch import nn
 from spikelm.adapters import MODULE, Adapter, adapter_for, adapter_for_source
 from spikelm.backends import get_backend
 from spikelm.config import SpikeConfig
-from spikelm.convert import _set_submodule
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
 from spikelm.fileio import atomic_directory, check_safetensors_file, one_line
 from spikelm.fusion import FusedSpikingLinear, SharedInputSlice, fused_name, install
 from spikelm.layers import SpikingLinear, spiking_layers
 from spikelm.outputs import check_output
+from spikelm.targets import set_submodule
 
 FORMAT = "spikelm.checkpoint"
 VERSION = 1
@@ -299,7 +299,7 @@ def load(
             layer = SpikingLinear(
                 shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
             )
-            _set_submodule(model, name, layer)
+            set_submodule(model, name, layer)
     _check_against(model, stored, weights)
     try:
         load_model(model, str(weights), strict=True)

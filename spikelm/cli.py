@@ -98,32 +98,40 @@ def _cmd_raster(args: argparse.Namespace) -> int:
 
 
 def _fidelity_table(result) -> str:
-    """The fidelity table of a conversion, as text."""
+    """The fidelity table of a conversion, as text (clamp: the share of spike counts at the
+    coding's range, :mod:`spikelm.saturation`; layers over the limit are named below it)."""
+    from spikelm.saturation import saturation_note
+
     header = (
         f"{'model':<18} {'ppl':>9} {'d ppl':>8} {'top-1':>7} {'cos':>7} "
-        f"{'fire rate':>9} {'silent':>7} {'spk/ch':>7} {'steps':>5}"
+        f"{'fire rate':>9} {'silent':>7} {'spk/ch':>7} {'steps':>5} {'clamp':>7}"
     )
     lines = [header, "-" * len(header)]
+    notes = []
     ann = result.scores[0].perplexity
     for score in result.scores:
         stats = score.stats
         firing = (
             f"{stats.firing_rate:>9.4f} {stats.silent_share:>7.3f} "
-            f"{stats.spikes_per_channel:>7.3f} {stats.steps_used:>2}/{stats.steps:<2}"
+            f"{stats.spikes_per_channel:>7.3f} {stats.steps_used:>2}/{stats.steps:<2} "
+            f"{stats.clipped_share:>7.3%}"
             if stats
-            else f"{'-':>9} {'-':>7} {'-':>7} {'-':>5}"
+            else f"{'-':>9} {'-':>7} {'-':>7} {'-':>5} {'-':>7}"
         )
         lines.append(
             f"{score.name:<18} {score.perplexity:>9.4f} {100 * (score.perplexity / ann - 1):>+7.2f}% "
             f"{score.top1_agreement:>7.4f} {score.logit_cosine:>7.4f} {firing}"
         )
+        note = saturation_note(score.layer_stats) if score.layer_stats else None
+        if note:
+            notes.append(f"{score.name}: {note}")
     config = result.config
     lines.append(
         f"coding={config.coding} T={config.steps} k={config.k} threshold={config.threshold} "
         f"weights=int{config.weight_bits}/group {config.group_size}; "
         f"{result.eval_tokens} eval tokens, {result.calib_tokens} calibration tokens"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def _spike_config(args: argparse.Namespace):
@@ -205,6 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from spikelm.saturation import saturation_note
     from spikelm.simulate import backend_names
     from spikelm.workflow import simulate_checkpoint
 
@@ -242,8 +251,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"firing rate {stats.firing_rate:.4f}, sparsity {stats.sparsity:.4f}, "
         f"spikes/channel {stats.spikes_per_channel:.3f}, silent share {stats.silent_share:.3f}, "
-        f"steps used {stats.steps_used}/{stats.steps} ({len(result.layer_stats)} spiking layers)"
+        f"clamped share {stats.clipped_share:.3%}, steps used {stats.steps_used}/{stats.steps} "
+        f"({len(result.layer_stats)} spiking layers)"
     )
+    note = saturation_note(result.layer_stats)
+    if note:
+        print(f"saturation: {note}")
     print(
         "execution paths (layer rows): " + ", ".join(f"{k} {v:,}" for k, v in result.paths.items())
     )
@@ -323,7 +336,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.layers:
         print(export_onnx(model, args.out, opset=args.opset).summary())
         return 0
-    from spikelm.convert import select_layers
+    from spikelm.targets import select_layers
 
     chosen = select_layers(spiking_layers(model), args.layers, "--layers")
     out = Path(args.out)
@@ -527,6 +540,7 @@ def _library_warnings(shown: bool) -> Iterator[None]:
     key = "TRANSFORMERS_VERBOSITY"
     previous = os.environ.get(key)
     with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
         if not shown:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -537,6 +551,17 @@ def _library_warnings(shown: bool) -> Iterator[None]:
         finally:
             if previous is None:
                 os.environ.pop(key, None)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """spikelm's own warnings (e.g. saturation) as one line on stderr; others as Python shows
+    them."""
+    from spikelm.saturation import SaturationWarning
+
+    if issubclass(category, SaturationWarning):
+        print(f"spikelm: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 class _Terminated(KeyboardInterrupt):

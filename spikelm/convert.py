@@ -16,76 +16,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
 
 from spikelm.adapters import adapter_for
-from spikelm.calibrate import (
-    calibrate,
-    channel_divisor,
-    detach_observers,
-    fisher_scale,
-    prepare,
-    static_threshold,
-)
+from spikelm.calibrate import calibrate, default_run, prepare, take_calibration
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
-from spikelm.fusion import member_names
 from spikelm.layers import SpikingLinear
+from spikelm.observers import ActivationObserver, channel_divisor, fisher_scale, static_threshold
 from spikelm.quant import W8A8Linear, quantize_weight
+from spikelm.saturation import measure_saturation, warn_saturation
+from spikelm.targets import set_submodule, target_linears
 
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` layers ``config`` converts, by qualified name, in module order: the
-    family's adapter proposes them, the config's ``include`` and ``keep_dense`` patterns filter."""
-    return {
-        name: module
-        for name, module in adapter_for(model).linear_layers(model).items()
-        if _matches(name, config.include) and not _matches(name, config.keep_dense)
-    }
-
-
-def select_layers(layers: dict[str, nn.Module], patterns: Iterable[str], option: str) -> dict:
-    """The entries of ``layers`` whose names match one of ``patterns`` (a fused layer also by
-    its members' names, :func:`spikelm.fusion.member_names`); :class:`ConfigError` naming
-    ``option`` for a pattern that matches none."""
-    patterns = list(patterns)
-
-    def hit(name: str, pattern: str) -> bool:
-        return any(fnmatchcase(n, pattern) for n in member_names(name))
-
-    for pattern in patterns:
-        if not any(hit(name, pattern) for name in layers):
-            names = list(layers)
-            shown = ", ".join(names[:4]) + (
-                f", ... ({len(names)} in all)" if len(names) > 4 else ""
-            )
-            raise ConfigError(f"{option} {pattern!r} matches no spiking layer; layers: {shown}")
-    return {n: m for n, m in layers.items() if any(hit(n, p) for p in patterns)}
-
-
-def check_patterns(model: nn.Module, patterns: Iterable[str], option: str) -> None:
-    """Raise :class:`ConfigError` naming ``option`` for a pattern that matches none of
-    ``model``'s linear layers (its output head included)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for pattern in patterns:
-        if not any(fnmatchcase(name, pattern) for name in names):
-            shown = ", ".join(names[:4]) + (
-                f", ... ({len(names)} in all)" if len(names) > 4 else ""
-            )
-            raise ConfigError(f"{option} {pattern!r} matches no linear layer; layers: {shown}")
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+SATURATION_BATCHES = 2
+"""Calibration batches :func:`spiking` runs the converted model on to measure saturation."""
 
 
 @torch.no_grad()
@@ -93,7 +40,7 @@ def spiking_layer(
     linear: nn.Linear,
     config: SpikeConfig,
     name: str,
-    observer=None,
+    observer: ActivationObserver | None = None,
     backend: str = "torch",
     *,
     fisher_level: float | None = None,
@@ -141,12 +88,10 @@ def convert(
     one input (``spikelm.fusion.tracing`` around ``calibrate``); ``None`` traces one short forward
     of the float model here (a family adapter's model only).
     """
-    config: SpikeConfig | None = getattr(model, "_spikelm_config", None)
-    if config is None:
-        raise ConfigError("convert() needs a model returned by prepare() (and calibrate())")
-    observers = detach_observers(model)
+    record = take_calibration(model)
+    config, observers = record.config, record.observers
     level = _fisher_level(observers, config)
-    targets = list(target_linears(model, config))  # names only: no float layer kept alive
+    targets = list(observers)  # names only: no float layer kept alive
     groups: list[tuple[str, ...]] = []
     if fuse:
         if shared_inputs is None:
@@ -160,12 +105,13 @@ def convert(
         linear = model.get_submodule(name)
         observer = observers.pop(name, None)
         layer = spiking_layer(linear, config, name, observer, backend, fisher_level=level)
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
         del linear, layer
     if groups:
         from spikelm.fusion import fuse as fuse_layers
 
         fuse_layers(model, groups, config)
+    model._spikelm_config = config
     adapter_for(model).converted(model)
     return model
 
@@ -190,9 +136,14 @@ def spiking(
     fuse: bool = True,
 ) -> nn.Module:
     """prepare, calibrate and convert in one call (``run`` as in :func:`calibrate`); with
-    ``fuse``, the calibration forwards also find the layers that share an input."""
+    ``fuse``, the calibration forwards also find the layers that share an input.
+
+    The converted model then runs the first :data:`SATURATION_BATCHES` calibration batches, and
+    a :class:`~spikelm.saturation.SaturationWarning` names the layers that clamp more than
+    :data:`~spikelm.saturation.SATURATION_LIMIT` of their spike counts there."""
     from spikelm.fusion import tracing
 
+    batches = list(batches)
     prepare(model, config)
     shared = None
     try:
@@ -203,9 +154,12 @@ def spiking(
         if fuse:
             shared = tracer.groups()
     except BaseException:
-        detach_observers(model)
+        take_calibration(model)  # hooks off: the model is left as it was given
         raise
-    return convert(model, backend=backend, fuse=fuse, shared_inputs=shared)
+    model = convert(model, backend=backend, fuse=fuse, shared_inputs=shared)
+    stats = measure_saturation(model, batches[:SATURATION_BATCHES], run or default_run)
+    warn_saturation(stats, "on the calibration data")
+    return model
 
 
 @torch.no_grad()
@@ -213,5 +167,5 @@ def w8a8(model: nn.Module, config: SpikeConfig) -> nn.Module:
     """The W8A8 fake-quant baseline of the same layers ``config`` would spike, in place."""
     for name, linear in target_linears(model, config).items():
         quantized = W8A8Linear(linear, config.weight_bits, config.group_size, name=name)
-        _set_submodule(model, name, quantized.to(linear.weight.device))
+        set_submodule(model, name, quantized.to(linear.weight.device))
     return model

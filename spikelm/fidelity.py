@@ -52,6 +52,7 @@ class Score:
     top1_agreement: float
     logit_cosine: float
     stats: SpikeStats | None = None
+    layer_stats: dict[str, SpikeStats] | None = None  # per spiking layer (clamped share etc.)
 
 
 @torch.no_grad()
@@ -90,6 +91,7 @@ def compare(
             agree[name] / predicted,
             cosine[name] / predicted,
             summarize(stats[name].values()) if stats.get(name) else None,
+            dict(stats[name]) if stats.get(name) else None,
         )
         for name in models
     ]

@@ -35,7 +35,6 @@ from torch import nn
 
 from spikelm.adapters import Adapter, adapter_for
 from spikelm.backends.base import counting_paths
-from spikelm.convert import select_layers
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.estimators import SpikeStats, summarize
@@ -43,6 +42,7 @@ from spikelm.estimators.counters import events_per_row
 from spikelm.estimators.dense import dense_linears, query_heads, state_macs
 from spikelm.layers import SpikingLinear, probed, spiking_layers
 from spikelm.outputs import check_output
+from spikelm.targets import select_layers
 
 NO_GPU_MESSAGE = "CUDA requested but no GPU is available (torch.cuda.is_available() is False)"
 CHECK_TOKENS = 16

@@ -20,12 +20,14 @@ from spikelm.adapters import TransformersAdapter, adapter_for_type
 from spikelm.calibrate import prepare
 from spikelm.checkpoint import save
 from spikelm.config import SpikeConfig
-from spikelm.convert import check_patterns, convert, spiking, w8a8
+from spikelm.convert import convert, spiking, w8a8
 from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fidelity import Score, compare, token_batches
 from spikelm.outputs import check_output
 from spikelm.report import Report, build
+from spikelm.saturation import warn_saturation
 from spikelm.simulate import SimulationResult
+from spikelm.targets import check_patterns
 
 
 @dataclass
@@ -140,6 +142,8 @@ def convert_model(
         scores = compare(
             reference, {"W8A8 fake-quant": baseline, "spiking": spiking_model}, evaluation
         )
+        if calib is None:  # no calibration run measured it (spiking() does when there is one)
+            warn_saturation(scores[-1].layer_stats or {}, "on the evaluation data")
     target = save(spiking_model, out_dir, tokenizer=tokenizer, overwrite=overwrite, sources=sources)
     return ConversionResult(
         target,

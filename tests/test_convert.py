@@ -12,10 +12,11 @@ from spikelm import NonFiniteError
 from spikelm.backends import get_backend
 from spikelm.calibrate import calibrate, prepare
 from spikelm.config import SpikeConfig
-from spikelm.convert import convert, spiking, target_linears
+from spikelm.convert import convert, spiking
 from spikelm.errors import ConfigError
 from spikelm.layers import SpikingLinear, collect_stats, spiking_layers
 from spikelm.quant import dequantize_weight
+from spikelm.targets import target_linears
 
 
 class Tiny(nn.Module):

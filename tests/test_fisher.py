@@ -12,19 +12,17 @@ from torch import nn
 
 import spikelm
 from spikelm import NonFiniteError
-from spikelm.calibrate import (
-    ActivationObserver,
-    calibrate,
-    channel_divisor,
-    fisher_scale,
-    next_token_loss,
-    prepare,
-    static_threshold,
-)
+from spikelm.calibrate import calibrate, next_token_loss, prepare
 from spikelm.cli import _spike_config, build_parser
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.models import HybridLM
+from spikelm.observers import (
+    ActivationObserver,
+    channel_divisor,
+    fisher_scale,
+    static_threshold,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,7 +64,7 @@ def test_fisher_matches_autograd_and_is_non_negative(name: str) -> None:
     batches = [_ids(0), _ids(1)]
     model = prepare(_hybrid(), SpikeConfig(fisher_power=0.5))
     calibrate(model, batches, progress=False)
-    fisher = model._spikelm_observers[name].fisher
+    fisher = model._spikelm_calibration.observers[name].fisher
     assert bool((fisher >= 0).all()) and float(fisher.sum()) > 0
     assert torch.allclose(fisher, _direct_fisher(_hybrid(), name, batches), rtol=1e-4, atol=1e-12)
     assert all(p.grad is None for p in model.parameters())  # no weight gradient was kept

@@ -19,6 +19,7 @@ import torch
 from spikelm.errors import ConfigError
 from spikelm.estimators.counters import SpikeStats, summarize
 from spikelm.estimators.workload import LayerWork
+from spikelm.saturation import saturation_note
 
 MIXERS = "attention and recurrences (estimated)"
 PHASES = ("prefill", "decode")
@@ -110,6 +111,13 @@ def account(
     notes = []
     if not any(s.events for table in stats.values() for s in table.values()):
         notes.append("no spike was fired: every spiking figure is zero")
+    merged: dict[str, SpikeStats] = {}
+    for table in stats.values():
+        for name, layer in table.items():
+            merged[name] = merged[name].merge(layer) if name in merged else layer
+    saturated = saturation_note(merged)
+    if saturated:
+        notes.append(saturated)
     return Account(
         works, {p: dict(t) for p, t in stats.items()}, dict(tokens), token_events or [], notes
     )

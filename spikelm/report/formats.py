@@ -140,21 +140,24 @@ def _ratio(value: float | None) -> str:
 
 def _rows(report: Report) -> tuple[list[list[str]], list[str]]:
     data = to_data(report)
-    header = ["layer", "tokens", "fire rate", "spk/ch", "silent", "SOPs", "ANN MACs"]
+    header = ["layer", "tokens", "fire rate", "spk/ch", "silent", "clamped", "SOPs", "ANN MACs"]
     rows = []
     for layer in data["layers"]:
         if layer["kind"] == "spiking":
             rows.append([layer["name"], str(layer["tokens"]), f"{layer['firing_rate']:.4f}",
                          f"{layer['spikes_per_channel']:.3f}", f"{layer['silent_share']:.3f}",
-                         f"{layer['sops']:,}", f"{layer['macs']:,}"])  # fmt: skip
+                         f"{layer['clipped_share']:.3%}", f"{layer['sops']:,}",
+                         f"{layer['macs']:,}"])  # fmt: skip
         else:
             label = layer["name"] + (" *" if layer["estimated"] else " (dense)")
-            rows.append([label, str(layer["tokens"]), "-", "-", "-", "-", f"{layer['macs']:,}"])
+            rows.append([label, str(layer["tokens"]), "-", "-", "-", "-", "-",
+                         f"{layer['macs']:,}"])  # fmt: skip
     for phase in [*report.phases, "total"]:
         figures = data["phases"][phase] if phase != "total" else data["total"]
         rows.append([f"= {phase}", str(figures["tokens"]), f"{figures['firing_rate']:.4f}",
                      f"{figures['spikes_per_channel']:.3f}", f"{figures['silent_share']:.3f}",
-                     f"{figures['sops']:,}", f"{figures['ann_macs']:,}"])  # fmt: skip
+                     f"{figures['clipped_share']:.3%}", f"{figures['sops']:,}",
+                     f"{figures['ann_macs']:,}"])  # fmt: skip
     return [header, *rows], data["notes"]
 
 
