@@ -16,6 +16,13 @@ entry of ``layers`` under its fused name (``<parent>.{a,b}``, its tensors under 
     "fused": {"blocks.0.{a,b}": [{"name": "blocks.0.a", "out": 64}, {"name": "blocks.0.b", "out": 32}]}
 
 A model without fused layers is saved as version 1, exactly as before; both versions load.
+
+A layer whose neuron differs from the config (a recipe's per-layer ``k`` or steps ``T``,
+``SpikingLinear.neuron_overrides``) records it in its ``layers`` entry, and the checkpoint is
+then version 3, so that a reader of versions 1-2 refuses it instead of running the config's
+neuron:
+
+    "layers": {"blocks.0.a": {"in": 64, "out": 64, "bias": true, "neuron": {"k": 2.4, "steps": 10}}}
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ VERSION = 1
 """The version of a checkpoint without fused layers."""
 FUSED_VERSION = 2
 """The version of a checkpoint with fused layers (a ``fused`` entry in the manifest)."""
-VERSIONS = (VERSION, FUSED_VERSION)
+NEURON_VERSION = 3
+"""The version of a checkpoint in which some layer records its own neuron parameters."""
+VERSIONS = (VERSION, FUSED_VERSION, NEURON_VERSION)
 MANIFEST = "spikelm.json"
 WEIGHTS = "model.safetensors"
 
@@ -73,15 +82,19 @@ def save(
         raise ConfigError("save() needs a model converted by spikelm (no SpikingLinear found)")
     adapter = adapter_for(model)
     fused = _fused_entries(model, layers)
+    entries = {}
+    for name, m in layers.items():
+        entries[name] = {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
+        neuron = m.neuron_overrides(config)
+        if neuron:
+            entries[name]["neuron"] = neuron
+    own_neurons = any("neuron" in entry for entry in entries.values())
     manifest = {
         "format": FORMAT,
-        "version": FUSED_VERSION if fused else VERSION,
+        "version": NEURON_VERSION if own_neurons else FUSED_VERSION if fused else VERSION,
         "source": adapter.checkpoint_source,
         "spike_config": config.to_dict(),
-        "layers": {
-            name: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
-            for name, m in layers.items()
-        },
+        "layers": entries,
         **({"fused": fused} if fused else {}),
         "metadata": metadata or {},
     }
@@ -144,7 +157,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(version, bool) or version not in VERSIONS:
         raise SpikelmError(
             f"{manifest_path}: checkpoint version {version!r}; "
-            f"this spikelm reads versions {VERSION} and {FUSED_VERSION}"
+            f"this spikelm reads versions {', '.join(map(str, VERSIONS))}"
         )
     if not isinstance(manifest.get("spike_config"), dict):
         raise CheckpointError(f"{manifest_path}: no spike_config object")
@@ -161,8 +174,33 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{manifest_path}: layer {name!r} needs positive integers 'in', 'out' and a "
                 f"boolean 'bias', got {json.dumps(shape)[:80]}"
             )
+        _check_neuron(manifest, name, manifest_path)
     _check_fused(manifest, manifest_path)
     return manifest
+
+
+def _check_neuron(manifest: dict[str, Any], name: str, where: Path) -> None:
+    """A layer's ``neuron`` entry: version 3 only, an object of known parameters whose values
+    a ``SpikeConfig`` accepts."""
+    neuron = manifest["layers"][name].get("neuron")
+    if neuron is None:
+        return
+    if manifest["version"] != NEURON_VERSION:
+        raise CheckpointError(
+            f"{where}: layer {name!r} has a 'neuron' entry, which needs checkpoint version "
+            f"{NEURON_VERSION}"
+        )
+    if not isinstance(neuron, dict) or not neuron or set(neuron) - set(SpikingLinear.NEURON):
+        raise CheckpointError(
+            f"{where}: layer {name!r}: 'neuron' must be an object of "
+            f"{', '.join(SpikingLinear.NEURON)}, got {json.dumps(neuron)[:80]}"
+        )
+    try:
+        SpikeConfig.from_dict({**manifest["spike_config"], **neuron})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{where}: layer {name!r}: bad neuron parameters ({one_line(error)})"
+        ) from error
 
 
 def _check_fused(manifest: dict[str, Any], where: Path) -> None:
@@ -172,8 +210,10 @@ def _check_fused(manifest: dict[str, Any], where: Path) -> None:
     if "fused" not in manifest:
         return
     fused = manifest["fused"]
-    if manifest["version"] != FUSED_VERSION:
-        raise CheckpointError(f"{where}: a 'fused' entry needs checkpoint version {FUSED_VERSION}")
+    if manifest["version"] == VERSION:
+        raise CheckpointError(
+            f"{where}: a 'fused' entry needs checkpoint version {FUSED_VERSION} or later"
+        )
     if not isinstance(fused, dict) or not fused:
         raise CheckpointError(f"{where}: 'fused' must be an object naming fused layers")
     layers = manifest["layers"]
@@ -300,6 +340,8 @@ def load(
                 shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
             )
             set_submodule(model, name, layer)
+        if "neuron" in shape:
+            layer.set_neuron(**shape["neuron"])
     _check_against(model, stored, weights)
     try:
         load_model(model, str(weights), strict=True)

@@ -59,6 +59,24 @@ class SpikingLinear(nn.Module):
         self.probe: Probe | None = None
         """``probe(layer, counts)`` on every forward: statistics, recording (see :func:`probed`)."""
 
+    NEURON = ("k", "steps")
+    """The neuron parameters a layer may hold apart from its config (a recipe sets them per
+    layer; :meth:`neuron_overrides`)."""
+
+    def set_neuron(self, *, k: float | None = None, steps: int | None = None) -> None:
+        """Set this layer's threshold divisor ``k`` and/or its time steps ``T`` (the count range
+        follows ``T``); cached layouts are dropped. Values are checked as ``SpikeConfig`` checks
+        them."""
+        checked = SpikeConfig(coding=self.coding, k=self.k if k is None else k,
+                              steps=self.steps if steps is None else steps)  # fmt: skip
+        self.k, self.steps, self.count_range = checked.k, checked.steps, checked.count_range
+        self.clear_derived()
+
+    def neuron_overrides(self, config: SpikeConfig) -> dict[str, float | int]:
+        """The neuron parameters of :data:`NEURON` in which this layer differs from ``config``."""
+        return {key: getattr(self, key) for key in self.NEURON
+                if getattr(self, key) != getattr(config, key)}  # fmt: skip
+
     def _weights_token(self) -> tuple:
         """What the derived tensors depend on: device, storage and version of the weight buffers."""
         token: list = [self.weight_q.device]

@@ -684,6 +684,9 @@ def test_numba_forward_follows_parameter_changes() -> None:
     layer.input_divisor.mul_(2.0)
     layer.k = 2.5
     assert torch.equal(layer(x), expected())
+    layer.set_neuron(k=1.5, steps=3)  # a recipe's per-layer neuron: a smaller count range
+    assert layer.count_range == (-7, 7)
+    assert torch.equal(layer(x), expected())
 
 
 @needs_numba

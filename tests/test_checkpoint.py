@@ -121,3 +121,53 @@ def test_unknown_backend_is_refused_before_loading(converted, tmp_path) -> None:
     out = spikelm.save(converted, tmp_path / "ckpt")
     with pytest.raises(SpikelmError, match="unknown backend 'gpu9'"):
         spikelm.load(out, backend="gpu9")
+
+
+def _dynamic_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = HybridLM(CONFIG).eval()
+    return spikelm.convert(spikelm.prepare(model, spikelm.SpikeConfig()), fuse=False)
+
+
+def test_a_layer_with_its_own_neuron_is_saved_as_version_3_and_restored(tmp_path) -> None:
+    model = _dynamic_model()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+    first, second = list(layers)[:2]
+    layers[first].set_neuron(k=2.25, steps=10)
+    layers[second].set_neuron(k=3.0)  # the config's: no override
+    assert layers[first].count_range == (-1023, 1023)
+    out = spikelm.save(model, tmp_path / "ckpt")
+    manifest = json.loads((out / "spikelm.json").read_text())
+    assert manifest["version"] == 3
+    assert manifest["layers"][first]["neuron"] == {"k": 2.25, "steps": 10}
+    assert "neuron" not in manifest["layers"][second]
+    restored = spikelm.load(out)
+    again = dict(restored.named_modules())[first]
+    assert (again.k, again.steps, again.count_range) == (2.25, 10, (-1023, 1023))
+    ids = _ids(3)
+    with torch.no_grad():
+        assert torch.equal(restored(ids), model(ids))
+        restored.get_submodule(first).set_neuron(k=3.0, steps=8)
+        assert not torch.equal(restored(ids), model(ids))  # the override mattered
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m, n: m["layers"][n].update(neuron={"k": -1.0}), "bad neuron parameters"),
+        (lambda m, n: m["layers"][n].update(neuron={"k": 2.0, "v": 1}), "'neuron' must be"),
+        (lambda m, n: m["layers"][n].update(neuron={"steps": 99}), "bad neuron parameters"),
+        (lambda m, n: m.update(version=2), "needs checkpoint version 3"),
+    ],
+)
+def test_a_bad_neuron_entry_is_a_one_line_error(tmp_path, edit, expected) -> None:
+    model = _dynamic_model()
+    name = next(n for n, m in model.named_modules() if isinstance(m, SpikingLinear))
+    model.get_submodule(name).set_neuron(k=2.0)
+    out = spikelm.save(model, tmp_path / "ckpt")
+    manifest = json.loads((out / "spikelm.json").read_text())
+    edit(manifest, name)
+    (out / "spikelm.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpikelmError, match=expected) as info:
+        spikelm.load(out)
+    assert "\n" not in str(info.value)

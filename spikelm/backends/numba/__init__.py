@@ -102,6 +102,7 @@ class _Call(NamedTuple):
     present: tuple  # those that are not None
     versions: list | None  # and their versions then
     k: float
+    steps: int
     bound: driver.Bound  # the compiled call, layout, neuron and bias bound
     float32: bool  # the neuron's buffers are float32, as the compiled neuron computes
 
@@ -111,7 +112,7 @@ _PARAMETERS = ("weight_q", "weight_scale", "input_divisor", "threshold", "bias")
 
 def _call(layer) -> _Call:
     """The layer's :class:`_Call`, rebuilt when a parameter buffer is replaced or changed in
-    place, or ``k`` changes."""
+    place, or ``k`` or ``steps`` changes."""
     cached = layer.__dict__.get("_numba_call")
     b = layer._buffers
     if cached is not None:
@@ -119,7 +120,7 @@ def _call(layer) -> _Call:
         if (
             b["weight_q"] is held[0] and b["weight_scale"] is held[1]
             and b["input_divisor"] is held[2] and b["threshold"] is held[3]
-            and b["bias"] is held[4] and layer.k == cached.k
+            and b["bias"] is held[4] and layer.k == cached.k and layer.steps == cached.steps
             and cached.versions is not None and _versions(cached.present) == cached.versions
         ):  # fmt: skip
             return cached
@@ -134,7 +135,7 @@ def _call(layer) -> _Call:
     bound = driver.Bound(_layout(layer), partial(event_blocks, layer), neuron, bias)
     present = tuple(t for t in buffers if t is not None)
     float32 = all(t.dtype == torch.float32 for t in present[2:] if t.is_floating_point())
-    call = _Call(buffers, present, _versions(present), layer.k, bound, float32)
+    call = _Call(buffers, present, _versions(present), layer.k, layer.steps, bound, float32)
     layer.__dict__["_numba_call"] = call
     return call
 
