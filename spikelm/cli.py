@@ -152,6 +152,7 @@ def _spike_config(args: argparse.Namespace):
         fisher_power=args.fisher_power,
         spike_cost=args.spike_cost,
         keep_dense=keep,
+        recipe=args.recipe,
     )
 
 
@@ -348,9 +349,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
+    from spikelm.config import RECIPES
     from spikelm.encoders import CODERS
 
     group = parser.add_argument_group("spiking configuration")
+    group.add_argument(
+        "--recipe",
+        default="spikingbrain",
+        choices=list(RECIPES),
+        help="spikingbrain: SpikingBrain's recipe (default); spikelm: adds steps where counts "
+        "saturate and learns per-layer thresholds from the calibration data (needs --calib)",
+    )
     group.add_argument("--coding", default="bitwise_bidirectional", choices=sorted(CODERS))
     group.add_argument("--steps", type=_count(1), default=8, help="time steps T (default 8)")
     group.add_argument("--k", type=float, default=3.0, help="threshold divisor k (default 3)")

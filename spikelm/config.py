@@ -12,6 +12,8 @@ from spikelm.errors import ConfigError
 
 ThresholdMode = Literal["dynamic", "static_tensor", "static_channel"]
 ThresholdRule = Literal["mean_abs", "percentile", "max"]
+Recipe = Literal["spikingbrain", "spikelm"]
+RECIPES = ("spikingbrain", "spikelm")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class SpikeConfig:
         include: patterns a layer must match to be converted (default: every ``nn.Linear``).
         max_calib_rows: activation rows kept per layer (a seeded reservoir) for percentiles.
         seed: seed of the calibration reservoir.
+        recipe: ``spikingbrain`` (the fields above as given) or ``spikelm``, which after
+            conversion adds time steps where counts saturate and learns per-layer thresholds
+            from the calibration data (:mod:`spikelm.recipes`).
     """
 
     coding: str = "bitwise_bidirectional"
@@ -65,6 +70,7 @@ class SpikeConfig:
     include: tuple[str, ...] = ("*",)
     max_calib_rows: int = 4096
     seed: int = 0
+    recipe: Recipe = "spikingbrain"
 
     def __post_init__(self) -> None:
         get_coder(self.coding)
@@ -93,6 +99,8 @@ class SpikeConfig:
         self._check_fisher()
         if not (isinstance(self.spike_cost, (int, float)) and 0 <= self.spike_cost < math.inf):
             raise ConfigError(f"spike_cost must be a finite number >= 0, got {self.spike_cost!r}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         object.__setattr__(self, "keep_dense", tuple(self.keep_dense))
         object.__setattr__(self, "include", tuple(self.include))
 
@@ -115,6 +123,7 @@ class SpikeConfig:
             self.threshold != "dynamic"
             or self.smooth_alpha is not None
             or self.fisher_power is not None
+            or self.recipe != "spikingbrain"
         )
 
     @property

@@ -28,6 +28,7 @@ from spikelm.errors import ConfigError
 from spikelm.layers import SpikingLinear
 from spikelm.observers import ActivationObserver, channel_divisor, fisher_scale, static_threshold
 from spikelm.quant import W8A8Linear, quantize_weight
+from spikelm.recipes import apply_recipe
 from spikelm.saturation import measure_saturation, warn_saturation
 from spikelm.targets import set_submodule, target_linears
 
@@ -157,8 +158,11 @@ def spiking(
         take_calibration(model)  # hooks off: the model is left as it was given
         raise
     model = convert(model, backend=backend, fuse=fuse, shared_inputs=shared)
-    stats = measure_saturation(model, batches[:SATURATION_BATCHES], run or default_run)
-    warn_saturation(stats, "on the calibration data")
+    measured = batches[:SATURATION_BATCHES]
+    apply_recipe(model, config, measured, run or default_run)
+    warn_saturation(
+        measure_saturation(model, measured, run or default_run), "on the calibration data"
+    )
     return model
 
 

@@ -127,7 +127,7 @@ def convert_model(
     if calib is None and config.needs_calibration:
         raise ConfigError(
             f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} / "
-            f"fisher_power={config.fisher_power} need calibration data: "
+            f"fisher_power={config.fisher_power} / recipe={config.recipe} need calibration data: "
             "pass --calib FILE or --calib-ids FILE"
         )
     evaluation = _windows(eval_ids, seq_len, eval_windows, "evaluation")

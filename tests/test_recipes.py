@@ -1,0 +1,113 @@
+"""Recipes by name: ``spikingbrain`` converts as the config says; ``spikelm`` also widens the
+layers whose counts saturate (and learns thresholds), without touching the weights."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from conftest import TINY_HYBRID
+
+import spikelm
+from spikelm.config import SpikeConfig
+from spikelm.errors import ConfigError
+from spikelm.layers import spiking_layers
+from spikelm.models import HybridLM
+from spikelm.recipes import widen_saturated
+from spikelm.saturation import SaturationWarning, measure_saturation, saturated_layers
+
+
+def _batches(count: int = 2, tokens: int = 48, vocab: int = 256, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (2, tokens), generator=g) for _ in range(count)]
+
+
+def test_the_recipe_is_a_validated_config_field() -> None:
+    assert SpikeConfig().recipe == "spikingbrain" and not SpikeConfig().needs_calibration
+    assert SpikeConfig(recipe="spikelm").needs_calibration
+    with pytest.raises(ConfigError, match="recipe must be one of spikingbrain, spikelm"):
+        SpikeConfig(recipe="fast")
+    assert SpikeConfig.from_dict(SpikeConfig(recipe="spikelm").to_dict()).recipe == "spikelm"
+
+
+def test_widening_gives_saturated_layers_steps_until_they_stop_clamping() -> None:
+    torch.manual_seed(0)
+    model = spikelm.convert(
+        spikelm.prepare(HybridLM(TINY_HYBRID).eval(), SpikeConfig(steps=2)), fuse=False
+    )
+    batches = _batches()
+    before = saturated_layers(measure_saturation(model, batches))
+    weights = {n: m.weight_q.clone() for n, m in spiking_layers(model).items()}
+    widened = widen_saturated(model, batches, max_extra=8)
+    assert before and set(widened) == set(before)  # exactly the clamping layers grew
+    assert all(steps > 2 for steps in widened.values())
+    assert not saturated_layers(measure_saturation(model, batches))
+    layers = spiking_layers(model)
+    assert all(torch.equal(layers[n].weight_q, w) for n, w in weights.items())
+    assert all(layers[n].steps == 2 for n in layers if n not in widened)
+
+
+def test_widening_stops_at_its_limit() -> None:
+    torch.manual_seed(0)
+    model = spikelm.convert(
+        spikelm.prepare(HybridLM(TINY_HYBRID).eval(), SpikeConfig(steps=1)), fuse=False
+    )
+    widened = widen_saturated(model, _batches(), max_extra=1)
+    assert widened and set(widened.values()) == {2}
+
+
+def test_the_spikelm_recipe_needs_calibration_data() -> None:
+    model = HybridLM(TINY_HYBRID).eval()
+    with pytest.raises(ConfigError, match="calibration"):
+        spikelm.spiking(model, SpikeConfig(recipe="spikelm"), [], progress=False)
+
+
+def _bert_with_outlier_features():
+    """A BERT-style encoder (transformers' BertModel, random weights) whose FFNs have two
+    outlier features (their input rows scaled 150x), as trained BERTs have: the counts of
+    those channels overflow T=8 under SpikingBrain's dynamic threshold."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=128,
+    )  # fmt: skip
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.intermediate.dense.weight[[7, 300]] *= 150.0
+    return model
+
+
+def _embedding_cosine(ann, snn, batches) -> float:
+    with torch.no_grad():
+        cosines = [
+            torch.nn.functional.cosine_similarity(
+                ann(b).last_hidden_state.mean(1), snn(b).last_hidden_state.mean(1), dim=-1
+            )
+            for b in batches
+        ]
+    return float(torch.cat(cosines).mean())
+
+
+def test_spikelm_keeps_an_encoder_with_outliers_where_spikingbrain_does_not() -> None:
+    """Sentence embeddings (mean-pooled last hidden states): the spiking encoder against the
+    ANN, on token batches that calibration never saw."""
+    model = _bert_with_outlier_features()
+    calibration = _batches(4, 32, 512, seed=1)
+    evaluation = _batches(2, 32, 512, seed=2)
+    results = {}
+    for recipe in ("spikingbrain", "spikelm"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            snn = spikelm.spiking(
+                copy.deepcopy(model), SpikeConfig(recipe=recipe), calibration, progress=False
+            )
+        saturation = [w for w in caught if issubclass(w.category, SaturationWarning)]
+        results[recipe] = (_embedding_cosine(model, snn, evaluation), saturation)
+    cosine, warned = results["spikingbrain"]
+    assert cosine < 0.99 and len(warned) == 1  # it loses the outliers, and says so
+    cosine, warned = results["spikelm"]
+    assert cosine >= 0.99 and not warned
