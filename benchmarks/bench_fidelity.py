@@ -1,20 +1,28 @@
-"""Fidelity per spike on the demo model: perplexity against mean spikes per channel.
+"""Fidelity per spike: perplexity against mean spikes per channel, recipe against recipe.
 
-SpikingBrain's recipe (dynamic per-token threshold mean|x|/k, k swept) against spikelm's own
-calibrations at equal coding (bitwise-bidirectional, T=8, int8 weights, group 128):
-  - weight-aware channel rescaling (smooth_alpha=0: spikes go where the weights are large),
-  - outlier migration (smooth_alpha=0.5),
-  - static per-channel thresholds from calibration (mean_abs rule),
-  - error-aware rounding (spike_cost: trade rounding error against popcount),
-  - Fisher-weighted thresholds (fisher_power p): V_{l,i} ~ F_{l,i}^-p with F the diagonal Fisher of
-    the next-token loss w.r.t. each layer's input channel; static (one constant for all layers
-    and channels: per-layer and per-channel allocation), with error-aware rounding on top, and
-    dynamic (SpikingBrain's per-token rule shaped per channel within each layer).
-For each recipe it reports the fewest spikes per channel that keep perplexity within 1% of the
-ANN (linear interpolation between swept points), and the k sweep in the shape of SpikingBrain's
-Table 11. Writes a table (stdout and --out) and a plot (--plot).
+Models: the demo model (shipped) and two ``transformers`` families of the tests (Llama, Qwen2),
+small byte-level models trained in this run on the demo corpus' training split
+(``benchmarks/_tiny_lms.py``). Evaluation text is the demo eval split, which neither training,
+calibration nor threshold learning sees.
 
-    python benchmarks/bench_fidelity.py --out benchmarks/results/bench_fidelity.txt \
+Recipes (``SpikeConfig(recipe=...)``), at equal coding (bitwise-bidirectional, T=8, int8 weights,
+group 128):
+  - ``spikingbrain``: dynamic per-token threshold mean|x|/k, one k for every layer, swept;
+  - ``spikelm``: the same conversion, then per-layer steps where counts saturate and per-layer k
+    learned against the ANN's next-token distribution with error-aware rounding (spike_cost 0.3),
+    its knob ``spike_weight`` swept (the same grid and settings on every model);
+  - on the demo model, for reference, the best earlier post-hoc recipes: error-aware rounding
+    alone and Fisher-weighted static thresholds.
+Spikes are counted unfused (``fuse=False``: every projection's input train, as SpikingBrain
+counts them). For each recipe: the fewest spikes per channel within +1% perplexity of the ANN
+(linear interpolation along the sweep), and its ratio to ``spikingbrain``'s.
+
+Steps: both recipes at their defaults (k=3; spike_weight=0.04) with T = 8, 6, 5: perplexity,
+spikes, the steps the counts used and the share of counts clamped at the range (never silent).
+Cost: conversion time and peak memory (VmHWM) of each recipe on the demo model and, with
+``--large``, on a 100M-parameter Llama (random weights).
+
+    python benchmarks/bench_fidelity.py --large --out benchmarks/results/bench_fidelity.txt \
         --plot benchmarks/results/fidelity_per_spike.png
 """
 
@@ -22,161 +30,236 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, emit  # noqa: E402
+from _tiny_lms import FAMILIES, train_tiny  # noqa: E402
 
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.convert import spiking  # noqa: E402
 from spikelm.fidelity import compare, token_batches  # noqa: E402
+from spikelm.layers import spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
 
-TABLE_11_K = (2.0, 2.5, 3.0, 3.5, 4.0)
-# SpikingBrain-7B Table 11: k -> (average accuracy, sparsity); BF16 accuracy 0.6998.
-SPIKINGBRAIN_TABLE_11 = {
-    2.0: (0.6735, 0.730),
-    2.5: (0.6807, 0.709),
-    3.0: (0.6875, 0.692),
-    3.5: (0.6898, 0.677),
-    4.0: (0.6940, 0.664),
+BUDGET = 1.01
+SWEEPS: dict[str, tuple[str, tuple[float, ...], dict]] = {
+    # label: (swept field, values, other fields)
+    "spikingbrain": ("k", (1.5, 2.0, 2.5, 3.0, 3.5, 4.0), {}),
+    "spikelm": ("spike_weight", (0.02, 0.035, 0.05, 0.065), {"recipe": "spikelm"}),
 }
-FISHER_STATIC = {"threshold": "static_tensor"}
-RECIPES: dict[str, tuple[tuple[float, ...], dict]] = {
-    "SpikingBrain (dynamic, k swept)": ((1.5, *TABLE_11_K), {}),
-    "spikelm weight-aware (alpha=0)": ((2.0, 3.0, 4.0), {"smooth_alpha": 0.0}),
-    "spikelm migration (alpha=0.5)": ((2.0, 3.0, 4.0), {"smooth_alpha": 0.5}),
-    "spikelm static per-channel": ((2.0, 3.0, 4.0), {"threshold": "static_channel"}),
-    "spikelm error-aware (cost .3)": ((3.0, 4.0), {"spike_cost": 0.3, "smooth_alpha": 0.0}),
-    "spikelm Fisher static (p=1/2)": ((2.0, 2.5, 3.0), {**FISHER_STATIC, "fisher_power": 0.5}),
-    "spikelm Fisher static (p=1/4)": ((2.0, 2.5, 3.0), {**FISHER_STATIC, "fisher_power": 0.25}),
-    "spikelm Fisher static + cost .3": (
-        (3.0, 3.5, 4.0),
-        {**FISHER_STATIC, "fisher_power": 0.5, "spike_cost": 0.3},
-    ),
-    "spikelm Fisher dynamic (p=1/2)": ((2.0, 3.0, 4.0), {"fisher_power": 0.5}),
-}
+DEMO_ONLY = {
+    "error-aware rounding (cost .3)": ("k", (3.0, 4.0), {"spike_cost": 0.3}),
+    "Fisher static (p=1/2)": ("k", (2.0, 2.5, 3.0), {"threshold": "static_tensor", "fisher_power": 0.5}),
+}  # fmt: skip
+STEPS = (8, 6, 5)
+Point = tuple[float, float, float, int, int, float]  # value, ppl, spikes, used, T, clamped
 
 
-def sweep(
-    args: argparse.Namespace,
-) -> tuple[float, dict[str, list[tuple[float, float, float, float]]]]:
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+def _texts(args) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     tokenizer = ByteTokenizer()
     calib_text, eval_text = load_demo_texts()
     calib = token_batches(torch.tensor(tokenizer.encode(calib_text)), 256, 4, args.calib_windows)
     evaluation = token_batches(torch.tensor(tokenizer.encode(eval_text)), 256, 8, args.eval_windows)
-    ann = load_demo_model()
-    curves: dict[str, list[tuple[float, float, float, float]]] = {}
-    ann_ppl = None
-    for recipe, (k_values, options) in RECIPES.items():
-        curves[recipe] = []
-        for k in k_values:
-            config = SpikeConfig(k=k, **options)
-            # unfused: every projection's input train counted, as SpikingBrain counts them, so that
-            # recipes whose layers fuse (dynamic) and those that cannot (Fisher, smoothing:
-            # per-layer divisors) are compared spike for spike
-            snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=False)
-            reference, scored = compare(ann, {"spiking": snn}, evaluation)
-            ann_ppl = reference.perplexity
-            stats = scored.stats
-            curves[recipe].append((k, scored.perplexity, stats.spikes_per_channel, stats.sparsity))
+    return calib, evaluation
+
+
+def _score(ann: nn.Module, config: SpikeConfig, calib, evaluation) -> tuple[float, Point]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # saturation is in the table's clamp column
+        snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=False)
+    reference, scored = compare(ann, {"spiking": snn}, evaluation)
+    stats = scored.stats
+    top = max(layer.steps for layer in spiking_layers(snn).values())
+    point = (0.0, scored.perplexity, stats.spikes_per_channel, stats.steps_used, top,
+             stats.clipped_share)  # fmt: skip
+    return reference.perplexity, point
+
+
+def sweep(ann: nn.Module, recipes: dict, calib, evaluation) -> tuple[float, dict[str, list]]:
+    curves: dict[str, list[Point]] = {}
+    ann_ppl = float("nan")
+    for label, (field, values, options) in recipes.items():
+        curves[label] = []
+        for value in values:
+            ann_ppl, point = _score(
+                ann, SpikeConfig(**{field: value}, **options), calib, evaluation
+            )
+            curves[label].append((value, *point[1:]))
     return ann_ppl, curves
 
 
-def spikes_at_budget(points: list[tuple[float, float, float, float]], limit: float) -> float | None:
+def spikes_at_budget(points: list[Point], limit: float) -> float | None:
     """Fewest spikes/channel with ppl <= limit, interpolating linearly along the sweep."""
     ordered = sorted(points, key=lambda p: p[2])
-    for (_, p0, s0, _), (_, p1, s1, _) in zip(ordered, ordered[1:], strict=False):
-        if p0 <= limit:
-            return s0
-        if p1 <= limit:
-            return s0 + (s1 - s0) * (p0 - limit) / (p0 - p1)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a[1] <= limit:
+            return a[2]
+        if b[1] <= limit:
+            return a[2] + (b[2] - a[2]) * (a[1] - limit) / (a[1] - b[1])
     return ordered[-1][2] if ordered and ordered[-1][1] <= limit else None
 
 
-def report(ann_ppl: float, curves, elapsed: float) -> str:
-    lines = [
-        describe_machine(),
-        f"# demo model, bitwise_bidirectional T=8, int8 weights; {elapsed:.0f} s",
-    ]
-    lines.append(f"ANN perplexity {ann_ppl:.4f}; budget (+1%) {ann_ppl * 1.01:.4f}")
-    lines.append("")
-    header = f"{'recipe':<34} {'k':>4} {'ppl':>8} {'d ppl':>8} {'spk/ch':>7} {'sparsity':>8}"
+def _rows(label: str, ann_ppl: float, curves: dict[str, list[Point]]) -> list[str]:
+    lines = [f"### {label}: ANN perplexity {ann_ppl:.4f}, budget (+1%) {ann_ppl * BUDGET:.4f}"]
+    header = (f"{'recipe':<32} {'knob':>12} {'ppl':>8} {'d ppl':>8} {'spk/ch':>7} "
+              f"{'steps':>5} {'clamp':>7}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for recipe, points in curves.items():
-        for k, ppl, spikes, sparsity in points:
+        field = (SWEEPS.get(recipe) or DEMO_ONLY[recipe])[0]
+        for value, ppl, spikes, used, top, clamped in points:
             lines.append(
-                f"{recipe:<34} {k:>4.1f} {ppl:>8.4f} {100 * (ppl / ann_ppl - 1):>+7.2f}% "
-                f"{spikes:>7.3f} {sparsity:>8.4f}"
+                f"{recipe:<32} {field + '=' + format(value, 'g'):>12} {ppl:>8.4f} "
+                f"{100 * (ppl / ann_ppl - 1):>+7.2f}% {spikes:>7.3f} {used:>2}/{top:<2} "
+                f"{clamped:>7.3%}"
             )
-    lines.append("")
-    lines.append(
-        "k sweep beside SpikingBrain-7B Table 11 (their accuracy / sparsity; ours perplexity /"
-    )
-    lines.append(
-        "sparsity = 1 - spikes/(channels*T), T=8): both lose quality and gain sparsity as k falls."
-    )
-    sb_points = {k: (ppl, sparsity) for k, ppl, _, sparsity in curves[next(iter(curves))]}
-    for k in TABLE_11_K:
-        accuracy, sb_sparsity = SPIKINGBRAIN_TABLE_11[k]
-        ppl, sparsity = sb_points[k]
-        lines.append(
-            f"  k={k:<4} SpikingBrain-7B {accuracy:.4f} / {sb_sparsity:.3f}   "
-            f"demo {ppl:.4f} ({100 * (ppl / ann_ppl - 1):+.2f}%) / {sparsity:.3f}"
-        )
-    lines.append("")
-    lines.append("Fewest spikes per channel within +1% perplexity of the ANN (target: <= 0.8x):")
-    baseline = spikes_at_budget(curves[next(iter(curves))], ann_ppl * 1.01)
+    baseline = spikes_at_budget(curves["spikingbrain"], ann_ppl * BUDGET)
+    lines.append("fewest spikes per channel within +1% perplexity (target for spikelm: <= 0.80x):")
     for recipe, points in curves.items():
-        need = spikes_at_budget(points, ann_ppl * 1.01)
-        if need is None:
-            lines.append(f"  {recipe:<34} not reached in the sweep")
-            continue
-        saving = f"{need / baseline:.3f}x SpikingBrain's spikes" if baseline else ""
-        lines.append(f"  {recipe:<34} {need:.3f} spikes/channel  {saving}")
-    return "\n".join(lines)
+        need = spikes_at_budget(points, ann_ppl * BUDGET)
+        ratio = f"  {need / baseline:.3f}x spikingbrain's" if need and baseline else ""
+        shown = f"{need:.3f}" if need is not None else "not reached in the sweep"
+        lines.append(f"  {recipe:<32} {shown}{ratio}")
+    return lines
 
 
-def plot(ann_ppl: float, curves, path: str) -> None:
+def steps_section(ann: nn.Module, calib, evaluation) -> list[str]:
+    lines = ["### fewer steps: both recipes at their defaults, T = " + ", ".join(map(str, STEPS))]
+    header = (
+        f"{'recipe':<14} {'T':>2} {'ppl':>8} {'d ppl':>8} {'spk/ch':>7} {'steps':>5} {'clamp':>7}"
+    )
+    lines += [header, "-" * len(header)]
+    for recipe in ("spikingbrain", "spikelm"):
+        for steps in STEPS:
+            config = SpikeConfig(recipe=recipe, steps=steps)
+            ann_ppl, (_, ppl, spikes, used, top, clamped) = _score(ann, config, calib, evaluation)
+            lines.append(
+                f"{recipe:<14} {steps:>2} {ppl:>8.4f} {100 * (ppl / ann_ppl - 1):>+7.2f}% "
+                f"{spikes:>7.3f} {used:>2}/{top:<2} {clamped:>7.3%}"
+            )
+    lines.append("(steps: the most the counts used / the most any layer holds; the spikelm recipe "
+                 "gives a layer more steps where its counts clamp)")  # fmt: skip
+    return lines
+
+
+def _vm_hwm_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+        refs.write("5")
+
+
+def cost_section(models: dict[str, tuple[nn.Module, list]]) -> list[str]:
+    lines = ["### cost of a conversion (calibration, recipe, saturation check; one thread)"]
+    header = (
+        f"{'model':<26} {'params':>8} {'recipe':<13} {'seconds':>8} {'peak MiB':>9} {'+ MiB':>7}"
+    )
+    lines += [header, "-" * len(header)]
+    for name, (model, calib) in models.items():
+        params = sum(p.numel() for p in model.parameters())
+        for recipe in ("spikingbrain", "spikelm"):
+            gc.collect()
+            _reset_peak()
+            held = _vm_hwm_mib()
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                snn = spiking(copy.deepcopy(model), SpikeConfig(recipe=recipe), calib,
+                              progress=False)  # fmt: skip
+            seconds = time.perf_counter() - start
+            peak = _vm_hwm_mib()
+            del snn
+            lines.append(f"{name:<26} {params / 1e6:>7.1f}M {recipe:<13} {seconds:>8.1f} "
+                         f"{peak:>9.0f} {peak - held:>7.0f}")  # fmt: skip
+    lines.append("(peak: process VmHWM during the conversion, which holds the float model given, "
+                 "its copy being converted and, for spikelm, the reference copy it learns "
+                 "against; + MiB: above the RSS before it)")  # fmt: skip
+    return lines
+
+
+def _large_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=768, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                         max_position_embeddings=512)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def plot(results: dict[str, tuple[float, dict]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for recipe, points in curves.items():
-        ax.plot([p[2] for p in points], [p[1] for p in points], marker="o", label=recipe)
-    ax.axhline(ann_ppl, color="black", linewidth=0.8, label="ANN fp32")
-    ax.axhline(ann_ppl * 1.01, color="grey", linestyle="--", linewidth=0.8, label="ANN +1%")
-    ax.set_xlabel("mean spikes per channel (popcount of coded counts)")
-    ax.set_ylabel("perplexity (demo eval split)")
-    ax.set_title("Fidelity per spike: bitwise-bidirectional, T=8, int8 weights")
-    ax.set_ylim(ann_ppl * 0.995, ann_ppl * 1.08)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2))
+    for ax, (label, (ann_ppl, curves)) in zip(axes, results.items(), strict=True):
+        for recipe, points in curves.items():
+            points = sorted(points, key=lambda p: p[2])
+            ax.plot([p[2] for p in points], [p[1] for p in points], marker="o", label=recipe)
+        ax.axhline(ann_ppl, color="black", linewidth=0.8, label="ANN fp32")
+        ax.axhline(ann_ppl * BUDGET, color="grey", linestyle="--", linewidth=0.8, label="ANN +1%")
+        ax.set_ylim(ann_ppl * 0.995, ann_ppl * 1.05)
+        ax.set_xlabel("mean spikes per channel")
+        ax.set_ylabel("perplexity (demo eval split)")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle("Fidelity per spike: bitwise-bidirectional, T=8, int8 weights")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calib-windows", type=int, default=16)
+    parser.add_argument("--calib-windows", type=int, default=64)
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--large", action="store_true", help="also the 100M-parameter cost row")
     parser.add_argument("--out", help="write the table here too")
     parser.add_argument("--plot", help="write the perplexity-vs-spikes plot (PNG) here")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    ann_ppl, curves = sweep(args)
-    text = report(ann_ppl, curves, time.perf_counter() - start)
-    emit(text, args.out)
+    calib, evaluation = _texts(args)
+    demo = load_demo_model()
+    models: dict[str, nn.Module] = {"demo model (HybridLM, 1.1M)": demo}
+    trained = {}
+    for family in FAMILIES:
+        model, seconds = train_tiny(family)
+        models[f"transformers {family} (trained here)"] = model
+        trained[family] = seconds
+    results, lines = {}, [describe_machine()]
+    lines.append(
+        f"# calibration {len(calib)} batches of 4 x 256 tokens (calib split), evaluation "
+        f"{sum(b.shape[0] for b in evaluation)} windows of 256 tokens (eval split); "
+        + ", ".join(f"{f} trained in {s:.0f} s" for f, s in trained.items())
+    )
+    for label, model in models.items():
+        recipes = {**SWEEPS, **(DEMO_ONLY if model is demo else {})}
+        ann_ppl, curves = sweep(model, recipes, calib, evaluation)
+        results[label] = (ann_ppl, curves)
+        lines += ["", *_rows(label, ann_ppl, curves)]
+    lines += ["", *steps_section(demo, calib, evaluation)]
+    cost_models = {"demo model": (demo, calib)}
+    if args.large:
+        cost_models["Llama 100M (random)"] = (_large_llama(), [b[:, :128] for b in calib[:4]])
+    lines += ["", *cost_section(cost_models)]
+    lines.append(f"# wall {time.perf_counter() - start:.0f} s")
+    emit("\n".join(lines), args.out)
     if args.plot:
-        plot(ann_ppl, curves, args.plot)
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -116,11 +116,16 @@ def default_run(model: nn.Module, batch: Any) -> None:
     model(batch, **_calibration_kwargs(model))
 
 
+def calibration_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Every position's logits ``[B, L, V]`` of token ids ``[B, L]``, through the family's
+    adapter with its calibration keywords."""
+    return adapter_for(model).logits(model, batch, **_calibration_kwargs(model, all_logits=True))
+
+
 def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross-entropy of token ids ``[B, L]``: the loss whose Fisher
     ``fisher_power`` uses (models returning logits or an object with ``.logits``)."""
-    logits = adapter_for(model).logits(model, batch, **_calibration_kwargs(model, all_logits=True))
-    return next_token_nll(logits, batch)
+    return next_token_nll(calibration_logits(model, batch), batch)
 
 
 def _calibration_kwargs(model: nn.Module, *, all_logits: bool = False) -> dict[str, Any]:

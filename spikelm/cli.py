@@ -126,9 +126,15 @@ def _fidelity_table(result) -> str:
         if note:
             notes.append(f"{score.name}: {note}")
     config = result.config
+    recipe = (
+        f"recipe=spikelm (per-layer k learned from k={config.k}, spike_weight="
+        f"{config.spike_weight}, spike_cost={config.spike_cost}; steps added where counts clamp)"
+        if config.recipe == "spikelm"
+        else f"recipe={config.recipe}"
+    )
     lines.append(
-        f"coding={config.coding} T={config.steps} k={config.k} threshold={config.threshold} "
-        f"weights=int{config.weight_bits}/group {config.group_size}; "
+        f"{recipe} coding={config.coding} T={config.steps} k={config.k} "
+        f"threshold={config.threshold} weights=int{config.weight_bits}/group {config.group_size}; "
         f"{result.eval_tokens} eval tokens, {result.calib_tokens} calibration tokens"
     )
     return "\n".join(lines + notes)
@@ -153,6 +159,7 @@ def _spike_config(args: argparse.Namespace):
         spike_cost=args.spike_cost,
         keep_dense=keep,
         recipe=args.recipe,
+        spike_weight=args.spike_weight,
     )
 
 
@@ -380,7 +387,16 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
         help="loss-aware thresholds V ~ F^-p from the Fisher of the next-token loss (try 0.5)",
     )
     group.add_argument(
-        "--spike-cost", type=float, default=0.0, help="error-aware rounding cost (0 = nearest)"
+        "--spike-cost",
+        type=float,
+        default=None,
+        help="error-aware rounding cost (0 = nearest; default: the recipe's, 0 or 0.3)",
+    )
+    group.add_argument(
+        "--spike-weight",
+        type=float,
+        default=0.04,
+        help="spikelm recipe: weight of spikes against fidelity in what it learns (default 0.04)",
     )
     group.add_argument(
         "--keep-dense",

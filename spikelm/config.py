@@ -14,6 +14,9 @@ ThresholdMode = Literal["dynamic", "static_tensor", "static_channel"]
 ThresholdRule = Literal["mean_abs", "percentile", "max"]
 Recipe = Literal["spikingbrain", "spikelm"]
 RECIPES = ("spikingbrain", "spikelm")
+RECIPE_SPIKE_COST = {"spikingbrain": 0.0, "spikelm": 0.3}
+"""``spike_cost`` when the config leaves it ``None``: the recipe's own (measured best for
+``spikelm``: learned thresholds with error-aware rounding, ``benchmarks/bench_fidelity.py``)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,9 @@ class SpikeConfig:
             channels of all layers (so ``k`` keeps its ``mean_abs`` meaning).
         spike_cost: ``0`` for nearest rounding; ``> 0`` for error-aware rounding, which picks per
             value the count minimising ``(|x|/V_th - c)^2 + spike_cost * spikes(c)`` among the
-            nearest count, the nearest powers of two and 0 (fewer spikes for bitwise codes).
+            nearest count, the nearest powers of two and 0 (fewer spikes for bitwise codes);
+            ``None`` (the default): the recipe's (:data:`RECIPE_SPIKE_COST`: 0 for
+            ``spikingbrain``, 0.3 for ``spikelm``).
         keep_dense: ``fnmatch`` patterns of qualified layer names left floating point.
         include: patterns a layer must match to be converted (default: every ``nn.Linear``).
         max_calib_rows: activation rows kept per layer (a seeded reservoir) for percentiles.
@@ -53,6 +58,9 @@ class SpikeConfig:
         recipe: ``spikingbrain`` (the fields above as given) or ``spikelm``, which after
             conversion adds time steps where counts saturate and learns per-layer thresholds
             from the calibration data (:mod:`spikelm.recipes`).
+        spike_weight: the ``spikelm`` recipe's trade-off: the weight of spikes per channel
+            against the next-token KL divergence from the ANN in what it learns (larger: fewer
+            spikes, lower fidelity; 0.04 keeps the demo model within +1% perplexity).
     """
 
     coding: str = "bitwise_bidirectional"
@@ -65,12 +73,13 @@ class SpikeConfig:
     group_size: int | None = 128
     smooth_alpha: float | None = None
     fisher_power: float | None = None
-    spike_cost: float = 0.0
+    spike_cost: float | None = None
     keep_dense: tuple[str, ...] = ("lm_head", "*.lm_head", "head")
     include: tuple[str, ...] = ("*",)
     max_calib_rows: int = 4096
     seed: int = 0
     recipe: Recipe = "spikingbrain"
+    spike_weight: float = 0.04
 
     def __post_init__(self) -> None:
         get_coder(self.coding)
@@ -97,10 +106,14 @@ class SpikeConfig:
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
             raise ConfigError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
         self._check_fisher()
-        if not (isinstance(self.spike_cost, (int, float)) and 0 <= self.spike_cost < math.inf):
-            raise ConfigError(f"spike_cost must be a finite number >= 0, got {self.spike_cost!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.spike_cost is None:
+            object.__setattr__(self, "spike_cost", RECIPE_SPIKE_COST[self.recipe])
+        for name in ("spike_cost", "spike_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         object.__setattr__(self, "keep_dense", tuple(self.keep_dense))
         object.__setattr__(self, "include", tuple(self.include))
 

@@ -15,6 +15,7 @@ input is traced on the calibration batches (``spiking``) or on a short forward o
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,12 +29,9 @@ from spikelm.errors import ConfigError
 from spikelm.layers import SpikingLinear
 from spikelm.observers import ActivationObserver, channel_divisor, fisher_scale, static_threshold
 from spikelm.quant import W8A8Linear, quantize_weight
-from spikelm.recipes import apply_recipe
+from spikelm.recipes import SATURATION_BATCHES, apply_recipe
 from spikelm.saturation import measure_saturation, warn_saturation
 from spikelm.targets import set_submodule, target_linears
-
-SATURATION_BATCHES = 2
-"""Calibration batches :func:`spiking` runs the converted model on to measure saturation."""
 
 
 @torch.no_grad()
@@ -139,12 +137,16 @@ def spiking(
     """prepare, calibrate and convert in one call (``run`` as in :func:`calibrate`); with
     ``fuse``, the calibration forwards also find the layers that share an input.
 
-    The converted model then runs the first :data:`SATURATION_BATCHES` calibration batches, and
+    With ``config.recipe`` other than ``spikingbrain``, the recipe's steps follow on the
+    calibration batches (:func:`spikelm.recipes.apply_recipe`; the float model is copied first,
+    as the reference they learn against). The converted model then runs the first
+    :data:`~spikelm.recipes.SATURATION_BATCHES` calibration batches, and
     a :class:`~spikelm.saturation.SaturationWarning` names the layers that clamp more than
     :data:`~spikelm.saturation.SATURATION_LIMIT` of their spike counts there."""
     from spikelm.fusion import tracing
 
     batches = list(batches)
+    reference = copy.deepcopy(model) if config.recipe != "spikingbrain" else None
     prepare(model, config)
     shared = None
     try:
@@ -158,11 +160,10 @@ def spiking(
         take_calibration(model)  # hooks off: the model is left as it was given
         raise
     model = convert(model, backend=backend, fuse=fuse, shared_inputs=shared)
-    measured = batches[:SATURATION_BATCHES]
-    apply_recipe(model, config, measured, run or default_run)
-    warn_saturation(
-        measure_saturation(model, measured, run or default_run), "on the calibration data"
-    )
+    apply_recipe(model, config, batches, run or default_run, reference=reference)
+    del reference
+    measured = measure_saturation(model, batches[:SATURATION_BATCHES], run or default_run)
+    warn_saturation(measured, "on the calibration data")
     return model
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from spikelm.adapters import adapter_for
+from spikelm.calibrate import calibration_logits
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.layers import spiking_layers
@@ -25,6 +27,9 @@ from spikelm.saturation import SATURATION_LIMIT, measure_saturation, saturated_l
 
 MAX_EXTRA_STEPS = 4
 """Most time steps :func:`widen_saturated` adds to a layer."""
+
+SATURATION_BATCHES = 2
+"""Calibration batches on which saturation is measured (after conversion and after learning)."""
 
 
 def widen_saturated(
@@ -55,16 +60,34 @@ def apply_recipe(
     config: SpikeConfig,
     batches: Sequence[Any],
     run: Callable[[nn.Module, Any], Any] | None = None,
+    *,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run ``config.recipe``'s steps after conversion on the calibration ``batches``; returns
-    what they changed (``{"steps": {layer: T}, ...}``, empty for ``spikingbrain``)."""
+    what they changed: ``{"steps": {layer: T}, "k": {layer: k}}`` (empty for ``spikingbrain``).
+
+    ``reference`` is the float model the spiking ``model`` was converted from: thresholds are
+    learned against its next-token distribution, for language models (a model whose family has
+    an output head); other models (encoders) only get the saturation steps.
+    """
     if config.recipe == "spikingbrain":
         return {}
     if not batches:
         raise ConfigError(
             "the spikelm recipe learns from calibration data: give calibration text or batches"
         )
-    return {"steps": widen_saturated(model, batches, run)}
+    measured = batches[:SATURATION_BATCHES]
+    changed: dict[str, Any] = {"steps": widen_saturated(model, measured, run)}
+    if reference is not None and adapter_for(model).output_head(model) is not None:
+        from spikelm.learn import learn_thresholds
+
+        report = learn_thresholds(
+            reference, model, batches, spike_weight=config.spike_weight, seed=config.seed,
+            run=calibration_logits,
+        )  # fmt: skip
+        changed["k"] = report.values
+        changed["steps"].update(widen_saturated(model, measured, run))
+    return changed
 
 
 __all__ = ["MAX_EXTRA_STEPS", "apply_recipe", "widen_saturated"]

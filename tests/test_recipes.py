@@ -111,3 +111,58 @@ def test_spikelm_keeps_an_encoder_with_outliers_where_spikingbrain_does_not() ->
     assert cosine < 0.99 and len(warned) == 1  # it loses the outliers, and says so
     cosine, warned = results["spikelm"]
     assert cosine >= 0.99 and not warned
+
+
+def test_the_spikelm_recipe_learns_per_layer_k_deterministically_and_keeps_the_weights() -> None:
+    torch.manual_seed(0)
+    ann = HybridLM(TINY_HYBRID).eval()
+    batches = _batches(3, 32)
+    plain = spikelm.spiking(copy.deepcopy(ann), SpikeConfig(spike_cost=0.3), batches,
+                            progress=False)  # fmt: skip
+    runs = [
+        spikelm.spiking(copy.deepcopy(ann), SpikeConfig(recipe="spikelm"), batches, progress=False)
+        for _ in range(2)
+    ]
+    layers = [spiking_layers(run) for run in runs]
+    ks = [{name: layer.k for name, layer in found.items()} for found in layers]
+    assert ks[0] == ks[1] and len(set(ks[0].values())) > 1  # per layer, the same twice
+    base = spiking_layers(plain)
+    for name, layer in layers[0].items():
+        for key in ("weight_q", "weight_scale", "input_divisor", "bias"):
+            mine, theirs = getattr(layer, key), getattr(base[name], key)
+            assert (mine is None and theirs is None) or torch.equal(mine, theirs), (name, key)
+    assert all(layer.spike_cost == 0.3 for layer in layers[0].values())
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory):
+    pytest.importorskip("transformers")
+    import hf_tiny
+
+    return hf_tiny.save_tiny("llama", tmp_path_factory.mktemp("hf") / "llama")
+
+
+def test_convert_with_the_spikelm_recipe_from_the_command_line(hf_llama, tmp_path, capsys) -> None:
+    from spikelm.cli import main
+
+    ids = tmp_path / "ids.txt"
+    g = torch.Generator().manual_seed(3)
+    ids.write_text(" ".join(str(int(i)) for i in torch.randint(0, 100, (192,), generator=g)))
+    out = tmp_path / "out"
+    argv = ["convert", hf_llama, "--out", out, "--recipe", "spikelm", "--seq-len", "32",
+            "--calib-ids", ids, "--eval-ids", ids]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe=spikelm (per-layer k learned" in printed
+    import json
+
+    manifest = json.loads((out / "spikelm.json").read_text())
+    assert manifest["version"] == 3 and manifest["spike_config"]["recipe"] == "spikelm"
+    assert any("k" in entry.get("neuron", {}) for entry in manifest["layers"].values())
+    model = spikelm.load(out)
+    saved = {n: e["neuron"]["k"] for n, e in manifest["layers"].items() if "neuron" in e}
+    loaded = {n: layer.k for n, layer in spiking_layers(model).items()}
+    assert saved and all(loaded[n] == k != 3.0 for n, k in saved.items())  # learned, restored
+    code = main(["convert", str(hf_llama), "--out", str(tmp_path / "none"), "--recipe", "spikelm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "recipe=spikelm need calibration data" in err
