@@ -166,3 +166,18 @@ def test_convert_with_the_spikelm_recipe_from_the_command_line(hf_llama, tmp_pat
     code = main(["convert", str(hf_llama), "--out", str(tmp_path / "none"), "--recipe", "spikelm"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err and "recipe=spikelm need calibration data" in err
+
+
+def test_a_spikelm_recipe_checkpoint_reloads_to_identical_outputs(tmp_path) -> None:
+    torch.manual_seed(0)
+    ann = HybridLM(TINY_HYBRID).eval()
+    snn = spikelm.spiking(
+        ann, SpikeConfig(recipe="spikelm", steps=3), _batches(3, 32), progress=False
+    )  # T=3 clamps, so some layers also get more steps
+    own = {n: (m.k, m.steps) for n, m in spiking_layers(snn).items()}
+    assert any(steps > 3 for _, steps in own.values())
+    restored = spikelm.load(spikelm.save(snn, tmp_path / "ckpt"))
+    assert {n: (m.k, m.steps) for n, m in spiking_layers(restored).items()} == own
+    ids = _batches(1, 40, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(restored(ids), snn(ids))
