@@ -160,6 +160,7 @@ def _spike_config(args: argparse.Namespace):
         keep_dense=keep,
         recipe=args.recipe,
         spike_weight=args.spike_weight,
+        spike_budget=args.spike_budget,
     )
 
 
@@ -397,6 +398,12 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.04,
         help="spikelm recipe: weight of spikes against fidelity in what it learns (default 0.04)",
+    )
+    group.add_argument(
+        "--spike-budget",
+        type=float,
+        default=None,
+        help="spikelm recipe: spikes per channel to aim at instead of a fixed --spike-weight",
     )
     group.add_argument(
         "--keep-dense",

@@ -61,6 +61,10 @@ class SpikeConfig:
         spike_weight: the ``spikelm`` recipe's trade-off: the weight of spikes per channel
             against the next-token KL divergence from the ANN in what it learns (larger: fewer
             spikes, lower fidelity; 0.04 keeps the demo model within +1% perplexity).
+        spike_budget: instead of a fixed weight, the most spikes per channel the ``spikelm``
+            recipe may spend (the weight then adapts while it learns, so that fidelity takes
+            what the budget leaves; a budget no threshold can meet is an error); ``None``: the
+            fixed ``spike_weight``.
     """
 
     coding: str = "bitwise_bidirectional"
@@ -80,6 +84,7 @@ class SpikeConfig:
     seed: int = 0
     recipe: Recipe = "spikingbrain"
     spike_weight: float = 0.04
+    spike_budget: float | None = None
 
     def __post_init__(self) -> None:
         get_coder(self.coding)
@@ -110,6 +115,10 @@ class SpikeConfig:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.spike_cost is None:
             object.__setattr__(self, "spike_cost", RECIPE_SPIKE_COST[self.recipe])
+        if self.spike_budget is not None and not (
+            isinstance(self.spike_budget, (int, float)) and 0 < self.spike_budget < math.inf
+        ):
+            raise ConfigError(f"spike_budget must be a positive number, got {self.spike_budget!r}")
         for name in ("spike_cost", "spike_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < math.inf):

@@ -209,6 +209,34 @@ def _frozen(*models: nn.Module) -> Iterator[None]:
             model.train(mode)
 
 
+BUDGET_RATE = 0.5
+"""How fast the spike weight follows the budget: ``exp(0.5)`` per step at twice the budget."""
+
+
+@torch.no_grad()
+def _check_budget(
+    budget: float,
+    model: nn.Module,
+    found: dict[str, SpikingLinear],
+    bounds: dict[str, tuple[float, float]],
+    run: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    batch: torch.Tensor,
+) -> None:
+    """Refuse a budget that every threshold at its coarsest end still exceeds on ``batch``."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"spike_budget must be a positive number, got {budget!r}")
+    coarsest = {name: nn.Parameter(torch.tensor(bounds[name][0])) for name in found}
+    totals: list = [torch.zeros(()), 0]
+    with _learning(found, coarsest, totals, None):
+        run(model, batch)
+    fewest = float(totals[0]) / max(totals[1], 1)
+    if fewest > budget:
+        raise ConfigError(
+            f"a spike budget of {budget:g} spikes per channel cannot be met: the coarsest "
+            f"thresholds the learning may reach still fire {fewest:.3f}"
+        )
+
+
 def _check(spike_weight: float, steps: int, lr: float, k_range: tuple[float, float]) -> None:
     if not (isinstance(spike_weight, (int, float)) and math.isfinite(spike_weight)):
         raise ConfigError(f"spike_weight must be a finite number >= 0, got {spike_weight!r}")
@@ -237,6 +265,7 @@ def learn_thresholds(
     tie: Iterable[Sequence[str]] = (),
     estimator: str = "ste",
     run: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    spike_budget: float | None = None,
 ) -> LearnReport:
     """Fit one threshold scalar per spiking layer of ``model`` (converted from ``reference``).
 
@@ -254,11 +283,16 @@ def learn_thresholds(
     input, so that :func:`spikelm.fusion.fuse` can still fuse them; all dynamic, or all static
     with one threshold). ``estimator``: ``"ste"`` (LSQ straight-through) or ``"noise"``
     (dithered). ``run`` maps ``(model, ids)`` to logits (default:
-    :func:`spikelm.fidelity.logits_of`). Learn on an unfused model (``fuse=False``): fused
-    siblings share one ``k``; tie them instead.
+    :func:`spikelm.fidelity.logits_of`). A fused layer (:mod:`spikelm.fusion`) learns one ``k``
+    for all its members, as ``tie`` does for unfused siblings.
+
+    ``spike_budget`` (spikes per channel): the weight then adapts every step, starting from
+    ``spike_weight``, ``lambda <- lambda exp(BUDGET_RATE (S / budget - 1))`` (dual ascent), so that
+    the learned thresholds spend about the budget; a budget below what the smallest ``k`` of
+    ``k_range`` fires on the first batch is refused before anything is learned.
 
     Raises :class:`ConfigError` for an empty calibration set, a model without spiking layers, a
-    ``layers`` or ``tie`` name that is not one, or a bad option.
+    ``layers`` or ``tie`` name that is not one, a budget no threshold can meet, or a bad option.
     """
     _check(spike_weight, steps, lr, k_range)
     if estimator not in ("ste", "noise"):
@@ -311,6 +345,8 @@ def learn_thresholds(
     optimizer = torch.optim.Adam(unique, lr=lr)
     history: list[tuple[float, float]] = []
     with _frozen(reference, model):
+        if spike_budget is not None:
+            _check_budget(spike_budget, model, found, bounds, run, data[0])
         with torch.no_grad():
             teacher = [F.log_softmax(run(reference, b)[:, :-1].float(), dim=-1) for b in data]
         order: list[int] = []
@@ -333,10 +369,13 @@ def learn_thresholds(
                 for name, theta in thetas.items():
                     theta.clamp_(*bounds[name])
             history.append((float(kl.detach()), float(spikes.detach())))
+            if spike_budget is not None:
+                ratio = float(spikes.detach()) / spike_budget - 1
+                spike_weight = min(max(spike_weight * math.exp(BUDGET_RATE * ratio), 1e-4), 10.0)
     for name, layer in found.items():
         value = math.exp(float(thetas[name].detach()))
         if layer.dynamic:
-            layer.k = value
+            layer.set_neuron(k=value)
         else:
             layer.threshold.copy_(torch.tensor(1.0 / value, dtype=layer.threshold.dtype))
     epoch = max(1, min(len(data), len(history) // 2 or 1))

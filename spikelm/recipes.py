@@ -83,7 +83,7 @@ def apply_recipe(
 
         report = learn_thresholds(
             reference, model, batches, spike_weight=config.spike_weight, seed=config.seed,
-            run=calibration_logits,
+            run=calibration_logits, spike_budget=config.spike_budget,
         )  # fmt: skip
         changed["k"] = report.values
         changed["steps"].update(widen_saturated(model, measured, run))

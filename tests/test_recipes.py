@@ -181,3 +181,24 @@ def test_a_spikelm_recipe_checkpoint_reloads_to_identical_outputs(tmp_path) -> N
     ids = _batches(1, 40, seed=9)[0]
     with torch.no_grad():
         assert torch.equal(restored(ids), snn(ids))
+
+
+def test_a_spike_budget_is_met_or_refused_in_one_line() -> None:
+    torch.manual_seed(0)
+    ann = HybridLM(TINY_HYBRID).eval()
+    batches = _batches(3, 32)
+    with pytest.raises(ConfigError, match="spike budget of 0.001 .* cannot be met") as info:
+        spikelm.spiking(copy.deepcopy(ann), SpikeConfig(recipe="spikelm", spike_budget=0.001),
+                        batches, progress=False)  # fmt: skip
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="spike_budget must be a positive number"):
+        SpikeConfig(spike_budget=0.0)
+    from spikelm.fidelity import compare
+
+    spent = {}
+    for budget in (0.6, 1.2):
+        config = SpikeConfig(recipe="spikelm", spike_budget=budget)
+        snn = spikelm.spiking(copy.deepcopy(ann), config, batches, progress=False)
+        spent[budget] = compare(ann, {"s": snn}, batches)[1].stats.spikes_per_channel
+    # a budget is a ceiling (on random weights the KL barely resists, so it lands well below)
+    assert spent[0.6] <= 0.6 * 1.1 and spent[1.2] <= 1.2 * 1.1 and spent[0.6] <= spent[1.2]
