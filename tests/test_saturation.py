@@ -128,3 +128,13 @@ def test_the_report_notes_saturation_over_both_phases() -> None:
     assert account(quiet, {"a": (10, 10)}, tokens={"prefill": 4}, weight_bits=8).notes == [
         "no spike was fired: every spiking figure is zero"
     ]
+
+
+def test_pooled_layers_of_different_steps_give_the_slot_weighted_firing_rate() -> None:
+    """A recipe may give layers different T: the pooled firing rate divides the events by every
+    layer's own slots x T, and the pooled T is the largest."""
+    counts = torch.tensor([[1.0, 0.0, 3.0, 0.0]])  # 1 + 2 = 3 events (bitwise popcounts)
+    narrow, wide = _stats(counts, steps=2), _stats(counts, steps=6)
+    pooled = narrow.merge(wide)
+    assert narrow.firing_rate == 3 / (4 * 2) and wide.firing_rate == 3 / (4 * 6)
+    assert pooled.steps == 6 and pooled.firing_rate == 6 / (4 * 2 + 4 * 6)

@@ -5,6 +5,7 @@ For counts ``s_int[m, c]`` over ``M`` tokens and ``C`` channels, coded over ``T`
     events            = sum_{m,c} e(s_int[m, c])        (e: spikes the coder fires for a count)
     spikes / channel  = events / (M C)
     firing rate       = events / (M C T),      sparsity = 1 - firing rate
+    (pooled layers of different T: firing rate = events / sum_l M_l C_l T_l; T = the largest)
     silent share      = #{s_int = 0} / (M C)
     clipped share     = #{s_int at the coding range's edge} / (M C)
 """
@@ -56,6 +57,7 @@ class SpikeStats:
     silent: int = 0
     clipped: int = 0
     steps_used: int = 0
+    slot_steps: int = 0  # sum of slots x T: the firing rate's denominator when T differs
     histogram: torch.Tensor = field(
         default_factory=lambda: torch.zeros(HISTOGRAM_BINS, dtype=torch.int64)
     )
@@ -66,6 +68,7 @@ class SpikeStats:
         lo, hi = coder.count_range(self.steps)
         self.tokens += ints.shape[0]
         self.slots += ints.numel()
+        self.slot_steps += ints.numel() * self.steps
         table = value_table(coder.name, self.steps)
         if table is not None and ints.numel():
             self._update_from_table(ints, table, hi)
@@ -92,15 +95,16 @@ class SpikeStats:
         )
 
     def merge(self, other: SpikeStats) -> SpikeStats:
-        """Pooled statistics of two layers (or two runs) with the same step count."""
+        """Pooled statistics of two layers (or two runs); ``steps`` is the larger of the two."""
         return SpikeStats(
-            steps=self.steps,
+            steps=max(self.steps, other.steps),
             tokens=max(self.tokens, other.tokens),
             slots=self.slots + other.slots,
             events=self.events + other.events,
             silent=self.silent + other.silent,
             clipped=self.clipped + other.clipped,
             steps_used=max(self.steps_used, other.steps_used),
+            slot_steps=self.slot_steps + other.slot_steps,
             histogram=self.histogram + other.histogram,
         )
 
@@ -110,6 +114,9 @@ class SpikeStats:
 
     @property
     def firing_rate(self) -> float:
+        """Spike events per (token, channel, step) slot."""
+        if self.slot_steps:
+            return self.events / self.slot_steps
         return self.spikes_per_channel / self.steps
 
     @property
