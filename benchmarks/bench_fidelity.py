@@ -109,14 +109,14 @@ def spikes_at_budget(points: list[Point], limit: float) -> float | None:
 
 def _rows(label: str, ann_ppl: float, curves: dict[str, list[Point]]) -> list[str]:
     lines = [f"### {label}: ANN perplexity {ann_ppl:.4f}, budget (+1%) {ann_ppl * BUDGET:.4f}"]
-    header = (f"{'recipe':<32} {'knob':>12} {'ppl':>8} {'d ppl':>8} {'spk/ch':>7} "
+    header = (f"{'recipe':<32} {'knob':>18} {'ppl':>8} {'d ppl':>8} {'spk/ch':>7} "
               f"{'steps':>5} {'clamp':>7}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for recipe, points in curves.items():
         field = (SWEEPS.get(recipe) or DEMO_ONLY[recipe])[0]
         for value, ppl, spikes, used, top, clamped in points:
             lines.append(
-                f"{recipe:<32} {field + '=' + format(value, 'g'):>12} {ppl:>8.4f} "
+                f"{recipe:<32} {field + '=' + format(value, 'g'):>18} {ppl:>8.4f} "
                 f"{100 * (ppl / ann_ppl - 1):>+7.2f}% {spikes:>7.3f} {used:>2}/{top:<2} "
                 f"{clamped:>7.3%}"
             )
