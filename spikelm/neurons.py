@@ -137,9 +137,12 @@ def error_aware_counts(
     codes). ``spike_cost = 0`` is nearest rounding. Ties keep the earlier candidate.
     """
     nearest = torch.ceil(magnitude - 0.5).clamp(0, high).to(torch.int64)
-    log2 = torch.log2(magnitude.clamp_min(1.0))
-    below = torch.where(magnitude >= 1, torch.exp2(torch.floor(log2)), torch.zeros_like(log2))
-    above = torch.exp2(torch.ceil(log2))
+    # powers of two around a from its binary exponent (exact; a float log2 can round up just
+    # below a power of two): a = m 2^e with m in [1/2, 1), so 2^(e-1) <= a < 2^e
+    mantissa, exponent = torch.frexp(magnitude)
+    below = torch.ldexp(torch.full_like(magnitude, 0.5), exponent)
+    below = torch.where(magnitude >= 1, below, torch.zeros_like(below))
+    above = torch.where(mantissa == 0.5, below, 2 * below).clamp_min(1.0)
     candidates = torch.stack(
         [
             nearest,

@@ -314,3 +314,13 @@ def test_missing_nir_names_the_extra(dynamic_model, tmp_path, monkeypatch):
     )
     with pytest.raises(MissingExtraError, match=r"spikelm\[nir\]"):
         export_nir(dynamic_model, tmp_path / "x.nir")
+
+
+def test_error_aware_rounding_is_named_in_the_layer_metadata(tmp_path):
+    """The neuron stays outside the graph; a layer that rounds error-aware (the spikelm recipe's
+    rounding) says so, with its cost, so that a runtime does not round to nearest instead."""
+    model = spikelm.convert(spikelm.prepare(load_demo_model(), spikelm.SpikeConfig(spike_cost=0.3)))
+    name = "layers.0.mlp.down_proj"
+    result = export_nir(model, tmp_path / "e.nir", layers=name)
+    meta = nir.read(result.path).nodes[name].metadata
+    assert float(meta["spike_cost"]) == 0.3 and "error-aware" in str(meta["rounding"])

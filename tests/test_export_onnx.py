@@ -448,12 +448,6 @@ def test_unsupported_family_lists_the_supported_ones(tmp_path: Path) -> None:
 
 
 def test_models_the_graph_cannot_express_are_refused(exports, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = spikelm.convert(
-        spikelm.prepare(HybridLM(TINY_HYBRID).eval(), SpikeConfig(spike_cost=0.1))
-    )
-    with pytest.raises(ConfigError, match="spike_cost"):
-        export_onnx(model, tmp_path / "m.onnx")
     model, _ = exports["spikelm_hybrid"]
     model.train()
     try:
@@ -496,3 +490,33 @@ def test_export_leaves_the_model_as_it_was(exports, tmp_path: Path) -> None:
     assert not any(m.training for m in model.modules())
     assert not any("forward" in layer.__dict__ for layer in spiking_layers(model).values())
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize(
+    ("coding", "steps", "cost"),
+    [("bitwise_bidirectional", 8, 0.3), ("bitwise_bidirectional", 8, 1.0), ("bitwise", 6, 0.5),
+     ("ternary", 4, 0.3)],
+)  # fmt: skip
+def test_graph_error_aware_rounding_picks_the_torch_counts(coding, steps, cost, tmp_path) -> None:
+    """``spike_cost > 0`` (the spikelm recipe's rounding): the graph's candidates and choice
+    equal ``spikelm.neurons.error_aware_counts`` bit for bit, powers of two and values a hair
+    below them included (static threshold 1, so ``a = |x|``)."""
+    config = SpikeConfig(coding=coding, steps=steps, threshold="static_tensor", spike_cost=cost)
+    layer = SpikingLinear(64, 8, config, name="aware")
+    layer.weight_q.copy_(torch.randint(-127, 128, (8, 64), dtype=torch.int8))
+    layer.threshold.fill_(1.0)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(40, 64, generator=g) * torch.exp(torch.randn(40, 1, generator=g) * 2)
+    edges = [2.0**j for j in range(-1, steps + 2)]
+    specials = edges + [torch.nextafter(torch.tensor(e), torch.tensor(0.0)).item() for e in edges]
+    specials += [0.0, 0.5, 1.5, 2.5, 3.5, 5.5, 6.75, 1e30]
+    edge_rows = torch.tensor(specials + [-v for v in specials], dtype=torch.float32)
+    edge_rows = torch.nn.functional.pad(edge_rows, (0, -len(edge_rows) % 64)).reshape(-1, 64)
+    rows = torch.cat([rows, edge_rows])
+    path = _export_neuron(layer, rows[:2], tmp_path / "aware.onnx")
+    y, counts = _session(path).run(None, {"x": rows.numpy()})
+    want, v_th = layer.spike_counts(rows)
+    assert np.array_equal(counts, want.numpy().astype(counts.dtype))
+    assert (want.abs() > 0).any() and (want != spike_counts(rows, v_th, layer.count_range)).any()
+    want_y = epilogue(accumulators(layer, want), layer.weight_scale, v_th) + layer.bias
+    assert np.array_equal(y, want_y.numpy())

@@ -329,6 +329,13 @@ def _layer_metadata(name: str, layer: SpikingLinear, bias_in_graph: bool) -> dic
         "neuron": "not in the graph: " + NEURON,
         "threshold_mode": "dynamic" if layer.dynamic else "static",
     }
+    if layer.spike_cost:
+        meta["spike_cost"] = float(layer.spike_cost)
+        meta["rounding"] = (
+            "error-aware: the count c among nearest, its lowest set bit dropped or carried, the "
+            "powers of two around |x|/V_th and 0 that minimises (|x|/V_th - c)^2 + spike_cost * "
+            "spikes(c) (spikelm.neurons.error_aware_counts), not round()"
+        )
     if layer.dynamic:
         meta["k"] = float(layer.k)
         meta["outside_graph"] = (

@@ -56,15 +56,11 @@ class LayerSpec:
     wide_acc: bool
     divide: bool
     has_bias: bool
+    spike_cost: float = 0.0
 
     @classmethod
     def of(cls, layer: Any) -> LayerSpec:
         """The spec of ``layer``; :class:`ConfigError` for what the graph cannot express."""
-        if layer.spike_cost:
-            raise ConfigError(
-                f"layer {layer.name!r}: error-aware rounding (spike_cost > 0) has no ONNX form; "
-                "export a model converted with spike_cost=0"
-            )
         if layer.coding not in CODINGS:
             raise ConfigError(
                 f"layer {layer.name!r}: coding {layer.coding!r} has no ONNX form; "
@@ -87,6 +83,7 @@ class LayerSpec:
             wide_acc=accumulator_dtype(layer) == torch.int64,
             divide=not bool((layer.input_divisor == 1).all()),
             has_bias=layer.bias is not None,
+            spike_cost=float(layer.spike_cost),
         )
 
     @property
@@ -142,12 +139,70 @@ def _neuron(g: Any, rows: Any, divisor: Any, threshold: Any, spec: LayerSpec) ->
     positive = g.op("Greater", v_th, _const(g, 0.0, torch.float32))
     safe = g.op("Where", positive, v_th, _const(g, 1.0, torch.float32))
     ratio = g.op("Div", magnitude, safe)
-    counts = g.op("Ceil", g.op("Sub", ratio, _const(g, 0.5, torch.float32)))
+    if spec.spike_cost:
+        ratio = g.op("Where", positive, ratio, _const(g, 0.0, torch.float32))
+        counts = _error_aware(g, ratio, spec)
+    else:
+        counts = g.op("Ceil", g.op("Sub", ratio, _const(g, 0.5, torch.float32)))
     counts = g.op("Mul", g.op("Sign", u), counts)
     counts = g.op("Where", positive, counts, _const(g, 0.0, torch.float32))
     lo, hi = spec.bounds
     counts = g.op("Clip", counts, _const(g, lo, torch.float32), _const(g, hi, torch.float32))
     return counts, v_th
+
+
+def _error_aware(g: Any, a: Any, spec: LayerSpec) -> Any:
+    """The counts :func:`spikelm.neurons.error_aware_counts` picks for ``a = |u| / V_th >= 0``
+    (float32): the candidate minimising ``(a - c)^2 + spike_cost * events(c)``, the first on a
+    tie. Bits are taken by division and modulo and the lowest / highest set bit by an exclusive
+    running sum (opset 11 operators), so every candidate is the integer the torch code makes."""
+    f32, i64 = torch.float32, torch.int64
+    high = int(max(spec.bounds[1], -spec.bounds[0]))
+    ceiling = 1 << high.bit_length()  # the smallest power of two above high
+    width = ceiling.bit_length()
+    powers = g.op("Constant", value_t=torch.tensor([1 << t for t in range(width)], dtype=i64))
+    zero = _const(g, 0, i64)
+
+    def bits(n: Any) -> Any:  # [..., width] in {0, 1}
+        return g.op("Mod", g.op("Div", g.op("Unsqueeze", n, _const(g, [-1], i64)), powers),
+                    _const(g, 2, i64), fmod_i=0)  # fmt: skip
+
+    def lone_bit(b: Any, reverse: int) -> Any:  # the lowest (highest) set bit's value
+        before = g.op("CumSum", b, _const(g, -1, i64), exclusive_i=1, reverse_i=reverse)
+        first = g.op("Mul", b, _cast(g, g.op("Equal", before, zero), i64))
+        return g.op("ReduceSum", g.op("Mul", first, powers), _const(g, [-1], i64), keepdims_i=0)
+
+    nearest_f = g.op("Clip", g.op("Ceil", g.op("Sub", a, _const(g, 0.5, f32))),
+                     _const(g, 0.0, f32), _const(g, float(high), f32))  # fmt: skip
+    nearest = _cast(g, nearest_f, i64)
+    lowest = lone_bit(bits(nearest), 0)
+    top = _const(g, high, i64)
+    capped = g.op("Min", a, _const(g, float(ceiling), f32))
+    below = lone_bit(bits(_cast(g, g.op("Floor", capped), i64)), 1)
+    below_f = _cast(g, below, f32)
+    power = g.op("Equal", capped, below_f)
+    above = g.op("Max", g.op("Where", power, below, g.op("Mul", below, _const(g, 2, i64))),
+                 _const(g, 1, i64))  # fmt: skip
+    candidates = [
+        nearest,
+        g.op("Sub", nearest, lowest),  # lowest set bit dropped
+        g.op("Min", g.op("Add", nearest, lowest), top),  # lowest set bit carried up
+        g.op("Min", below, top),
+        g.op("Min", above, top),
+        g.op("Mul", nearest, zero),
+    ]
+    stacked = g.op("Concat", *[g.op("Unsqueeze", c, _const(g, [0], i64)) for c in candidates],
+                   axis_i=0)  # fmt: skip
+    if spec.coding in ("binary", "ternary"):
+        events = stacked
+    else:
+        events = g.op("ReduceSum", bits(stacked), _const(g, [-1], i64), keepdims_i=0)
+    values = _cast(g, stacked, f32)
+    miss = g.op("Sub", g.op("Unsqueeze", a, _const(g, [0], i64)), values)
+    cost = g.op("Add", g.op("Mul", miss, miss),
+                g.op("Mul", _const(g, spec.spike_cost, f32), _cast(g, events, f32)))  # fmt: skip
+    best = g.op("ArgMin", cost, axis_i=0, keepdims_i=1, select_last_index_i=0)
+    return g.op("Squeeze", g.op("GatherElements", values, best, axis_i=0), _const(g, [0], i64))
 
 
 def _spike_train(g: Any, counts: Any, spec: LayerSpec) -> Any:
