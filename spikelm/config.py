@@ -119,6 +119,11 @@ class SpikeConfig:
             isinstance(self.spike_budget, (int, float)) and 0 < self.spike_budget < math.inf
         ):
             raise ConfigError(f"spike_budget must be a positive number, got {self.spike_budget!r}")
+        if self.spike_cost and get_coder(self.coding).decoding == "twos_complement":
+            raise ConfigError(
+                "error-aware rounding (spike_cost > 0) weighs the spikes of a count's magnitude; "
+                f"{self.coding} codes the sign into the bits: use bitwise_bidirectional"
+            )
         for name in ("spike_cost", "spike_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < math.inf):

@@ -155,7 +155,6 @@ class SpikingLinear(nn.Module):
         fused = None
         if (
             backend.forward is not None
-            and not self.spike_cost
             and self.out_features
             and (
                 x.is_cpu

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import spikelm
 from spikelm import ConfigError, CountRangeError, SpikeConfig
@@ -708,3 +709,35 @@ def test_numba_gives_the_reference_outputs_of_a_float64_layer() -> None:
     paths = counting_paths()
     layer(x)
     assert sum(paths().values()) == 6 and not set(paths()) - {"numba.counts", "numba.events"}
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    ("coding", "steps", "cost"),
+    [("bitwise_bidirectional", 8, 0.3), ("bitwise_bidirectional", 8, 1.0), ("bitwise", 6, 0.5),
+     ("ternary", 4, 0.3)],
+)  # fmt: skip
+def test_numba_error_aware_neuron_fires_the_torch_counts(coding, steps, cost) -> None:
+    """``spike_cost > 0`` (the spikelm recipe's rounding) in numba's one-call path: the counts of
+    ``spike_counts`` bit for bit, powers of two and values a hair below them included."""
+    from spikelm.backends import numba as numba_backend
+
+    with pytest.raises(ConfigError, match="use bitwise_bidirectional"):
+        SpikeConfig(coding="bitwise_twos_complement", spike_cost=cost)
+    for threshold in ("dynamic", "static_tensor"):
+        config = SpikeConfig(coding=coding, steps=steps, threshold=threshold, spike_cost=cost)
+        layer = SpikingLinear(64, 8, config, name="aware")
+        layer.weight_q.copy_(torch.randint(-127, 128, (8, 64), dtype=torch.int8))
+        if threshold != "dynamic":
+            layer.threshold.fill_(1.0)  # a = |x|: the edge values below land where meant
+        g = torch.Generator().manual_seed(5)
+        rows = torch.randn(40, 64, generator=g) * torch.exp(torch.randn(40, 1, generator=g) * 2)
+        edges = [2.0**j for j in range(-1, steps + 2)]
+        below = [torch.nextafter(torch.tensor(e), torch.tensor(0.0)).item() for e in edges]
+        special = torch.tensor(edges + below + [0.0, 1.5, 2.5, 5.5, 6.75, 1e30])
+        special = torch.cat([special, -special])
+        rows = torch.cat([rows, F.pad(special, (0, -len(special) % 64)).reshape(-1, 64)])
+        expected, v_th = layer.spike_counts(rows)
+        y, counts = numba_backend.forward(layer, rows)
+        assert torch.equal(counts.to(torch.float32), expected), threshold
+        assert torch.equal(y, get_backend("reference")(layer, expected, v_th) + layer.bias)
