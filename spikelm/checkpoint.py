@@ -23,6 +23,9 @@ then version 3, so that a reader of versions 1-2 refuses it instead of running t
 neuron:
 
     "layers": {"blocks.0.a": {"in": 64, "out": 64, "bias": true, "neuron": {"k": 2.4, "steps": 10}}}
+
+``spike_config`` leaves out the recipe fields at their defaults (``config.LATER_FIELDS``), so a
+checkpoint of SpikingBrain's recipe reads in spikelm versions from before recipes.
 """
 
 from __future__ import annotations

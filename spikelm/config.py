@@ -19,6 +19,10 @@ RECIPE_SPIKE_COST = {"spikingbrain": 0.0, "spikelm": 0.3}
 ``spikelm``: learned thresholds with error-aware rounding, ``benchmarks/bench_fidelity.py``)."""
 
 
+LATER_FIELDS = ("recipe", "spike_weight", "spike_budget")
+"""Fields added after checkpoint version 2 (written only when set)."""
+
+
 @dataclass(frozen=True)
 class SpikeConfig:
     """How to turn a model's linear layers into spiking ones.
@@ -163,9 +167,15 @@ class SpikeConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values; :data:`LATER_FIELDS` only when not at their defaults, so
+        that a checkpoint of SpikingBrain's recipe stays readable by spikelm before recipes."""
         data = dataclasses.asdict(self)
         data["keep_dense"] = list(self.keep_dense)
         data["include"] = list(self.include)
+        defaults = SpikeConfig()
+        for name in LATER_FIELDS:
+            if data[name] == getattr(defaults, name):
+                del data[name]
         return data
 
     @classmethod

@@ -30,6 +30,9 @@ def test_the_recipe_is_a_validated_config_field() -> None:
     with pytest.raises(ConfigError, match="recipe must be one of spikingbrain, spikelm"):
         SpikeConfig(recipe="fast")
     assert SpikeConfig.from_dict(SpikeConfig(recipe="spikelm").to_dict()).recipe == "spikelm"
+    # SpikingBrain's configs write no recipe fields: spikelm before recipes still reads them
+    assert not {"recipe", "spike_weight", "spike_budget"} & set(SpikeConfig().to_dict())
+    assert SpikeConfig.from_dict(SpikeConfig().to_dict()) == SpikeConfig()
 
 
 def test_widening_gives_saturated_layers_steps_until_they_stop_clamping() -> None:
