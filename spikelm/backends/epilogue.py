@@ -20,8 +20,11 @@ This function is the definition. The numba backend fuses a compiled copy of it i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from spikelm.backends.base import Linear, ran
 from spikelm.errors import ShapeError
 
 
@@ -47,4 +50,19 @@ def epilogue(acc: torch.Tensor, scale: torch.Tensor, v_th: torch.Tensor) -> torc
     return y.to(torch.float32)
 
 
-__all__ = ["epilogue"]
+def exact_linear(name: str, accumulators: Callable[..., torch.Tensor]) -> Linear:
+    """The ``linear`` of an exact backend named ``name``: its ``accumulators(layer, counts)``
+    through :func:`epilogue`, the rows noted as that backend's path."""
+
+    def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
+        ran(name, counts.shape[0])
+        return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)
+
+    linear.__doc__ = (
+        f"Outputs ``[M, out]`` (float32) of ``layer`` on the {name} backend for counts "
+        "``[M, in]`` and thresholds ``[M, 1]``."
+    )
+    return linear
+
+
+__all__ = ["epilogue", "exact_linear"]

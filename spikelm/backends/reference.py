@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from spikelm.backends.base import Backend, ran
-from spikelm.backends.epilogue import epilogue
+from spikelm.backends.base import Backend
+from spikelm.backends.epilogue import exact_linear
 from spikelm.encoders import get_coder
 
 
@@ -44,10 +44,7 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     )
 
 
-def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
-    """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
-    ran("reference", counts.shape[0])
-    return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)
+linear = exact_linear("reference", accumulators)
 
 
 BACKEND = Backend(

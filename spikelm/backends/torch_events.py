@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from spikelm.backends.base import Backend, ran
-from spikelm.backends.epilogue import epilogue
+from spikelm.backends.base import Backend
+from spikelm.backends.epilogue import exact_linear
 from spikelm.backends.events import accumulator_dtype, count_events, step_shifts
 
 #: Elements of ``[events, out]`` gathered per chunk (32 Mi int32 = 128 MiB at most).
@@ -44,10 +44,7 @@ def accumulators(layer, counts: torch.Tensor) -> torch.Tensor:
     return acc.reshape(rows, groups, out_features)
 
 
-def linear(layer, counts: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
-    """Outputs ``[M, out]`` (float32) of ``layer`` for counts ``[M, in]`` and thresholds ``[M, 1]``."""
-    ran("torch_events", counts.shape[0])
-    return epilogue(accumulators(layer, counts), layer.weight_scale, v_th)
+linear = exact_linear("torch_events", accumulators)
 
 
 BACKEND = Backend(
