@@ -40,12 +40,11 @@ class Calibration:
     observers: dict[str, ActivationObserver]
     hooks: list[Any] = field(default_factory=list)
 
-    def release(self) -> dict[str, ActivationObserver]:
-        """Remove the hooks; returns the observers (what conversion reads)."""
+    def release(self) -> None:
+        """Remove the hooks (the observers stay, for conversion to read)."""
         for handle in self.hooks:
             handle.remove()
         self.hooks = []
-        return self.observers
 
 
 def calibration_of(model: nn.Module, what: str = "convert()") -> Calibration:
