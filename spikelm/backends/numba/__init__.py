@@ -134,7 +134,7 @@ def _call(layer) -> _Call:
     if layer.spike_cost:
         low, high = layer.count_range
         unary = get_coder(layer.coding).decoding == "unary"
-        rounding = (np.float32(layer.spike_cost), np.int64(max(high, -low)), unary)
+        rounding = (np.float32(layer.spike_cost), max(high, -low), unary)
     neuron = driver.Neuron(
         layer.input_divisor.detach().to(torch.float32).contiguous().numpy(),
         layer.dynamic, np.float32(layer.k), np.float32(threshold), np.float32(lo), np.float32(hi),

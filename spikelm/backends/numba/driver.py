@@ -55,7 +55,7 @@ FORCED = {"counts": -math.inf, "events": math.inf}
 
 @njit(cache=True, fastmath=False)
 def _prepare(
-    x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v,
+    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v,
     decoding, steps, crossover, scan, path,
 ):  # fmt: skip
     """Neuron (when ``x`` has rows) and path choice of every row: the number of rows on the
@@ -65,7 +65,7 @@ def _prepare(
         scratch = np.empty(2 * x.shape[1] + 2, dtype=np.float32)
         for r in range(rows):
             level = neuron_row(
-                x, r, divisor, dynamic, k, threshold, lo, hi, rounding, counts, scratch
+                x, r, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, scratch
             )
             if np.isnan(level):  # nothing to compute: the plans below see silent rows
                 counts[:, :] = 0
@@ -102,13 +102,13 @@ def _plan(counts, width, decoding, steps, path):
 
 @njit(cache=True, fastmath=False)
 def _head(
-    x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v, pairs, blocks, width,
+    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
     decoding, steps, crossover, scan, path,
 ):  # fmt: skip
     """Everything before the tasks: ``(rows on the count path or -1, count plan, event plan,
     count tasks, all tasks)``; the tasks are the count tiles, then rows x event blocks."""
     rows = counts.shape[0]
-    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v,
+    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v,
                          decoding, steps, crossover, scan, path)  # fmt: skip
     plan = plan_counts(counts, width, path)
     events = _plan(counts, width, decoding, steps, path)
@@ -135,13 +135,13 @@ def _task(
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _run_parallel(
-    x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v, pairs, blocks, width,
+    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
     decoding, shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
 ):  # fmt: skip
     """See the module docstring; tasks in parallel. Returns the number of rows on the count
     path, or -1 (nothing computed) for a non-finite input."""
     on_counts, plan, events, tiles, tasks = _head(
-        x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v, pairs, blocks, width,
+        x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
         decoding, shifts.shape[0], crossover, scan, path,
     )  # fmt: skip
     for i in prange(tasks):
@@ -152,12 +152,12 @@ def _run_parallel(
 
 @njit(cache=True, fastmath=False)
 def _run_serial(
-    x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v, pairs, blocks, width,
+    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
     decoding, shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
 ):  # fmt: skip
     """:func:`_run_parallel`'s work, one task after the other."""
     on_counts, plan, events, tiles, tasks = _head(
-        x, divisor, dynamic, k, threshold, lo, hi, rounding, counts, v, pairs, blocks, width,
+        x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
         decoding, shifts.shape[0], crossover, scan, path,
     )  # fmt: skip
     for i in range(tasks):
@@ -181,7 +181,7 @@ def _signature(acc_dtype: torch.dtype, scale_dtype: np.dtype) -> tuple:
     f32, f64, i64, boolean = numba.float32, numba.float64, numba.int64, numba.boolean
     return (
         f32[:, ::1], f32[::1], boolean, f32, f32, f32, f32,  # x, divisor, dynamic, k, V, lo, hi
-        numba.types.Tuple((f32, i64, boolean)),  # rounding: spike_cost, high, unary
+        f32, i64, boolean,  # error-aware rounding: spike_cost, the count bound, unary coding
         i64[:, ::1], f64[::1],  # counts, v
         numba.int8[:, :, :, ::1], numba.int8[:, :, ::1],  # pairs, blocks
         i64, i64, i64[::1], boolean[::1],  # width, decoding, shifts, negative
@@ -289,14 +289,14 @@ class Neuron:
     def __init__(self, divisor, dynamic, k, threshold, lo, hi, rounding=None) -> None:
         self.divisor, self.dynamic, self.k = divisor, dynamic, k
         self.threshold, self.lo, self.hi = threshold, lo, hi
-        self.rounding = NEAREST if rounding is None else rounding
+        self.rounding = NEAREST if rounding is None else rounding  # (spike_cost, high, unary)
 
     def arguments(self) -> tuple:
         return (self.divisor, self.dynamic, self.k, self.threshold, self.lo, self.hi,
-                self.rounding)  # fmt: skip
+                *self.rounding)  # fmt: skip
 
 
-NEAREST = (np.float32(0.0), np.int64(0), False)
+NEAREST = (np.float32(0.0), 0, False)
 """``rounding`` of nearest rounding: ``(spike_cost, high, unary)`` with no cost."""
 
 

@@ -77,11 +77,12 @@ def error_aware(a, spike_cost, high, unary):
 
 
 @njit(inline="always", fastmath=False)
-def neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, rounding, counts, scratch):
+def neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, scratch):
     """Row ``r``: counts into ``counts[r]``; returns ``V_th`` (float32), or NaN if ``x[r]`` holds
-    NaN or inf (nothing else is then written). ``rounding = (spike_cost, high, unary)``: nearest
-    rounding when ``spike_cost`` is 0, else error-aware. The nearest-rounding loops run over 1-D
-    views without early exits or branches, so that LLVM vectorises them."""
+    NaN or inf (nothing else is then written). Nearest rounding when ``cost`` is 0, else
+    error-aware (``high``: the largest count magnitude; ``unary``: the coding fires ``|c|``).
+    The nearest-rounding loops run over 1-D views without early exits or branches, so that LLVM
+    vectorises them."""
     n = x.shape[1]
     row, out = x[r], counts[r]
     for i in range(n):
@@ -99,11 +100,10 @@ def neuron_row(x, r, divisor, dynamic, k, threshold, lo, hi, rounding, counts, s
     if not v > 0:
         out[:] = 0
         return v
-    spike_cost, high, unary = rounding
-    if spike_cost > 0:
+    if cost > 0:
         for i in range(n):
             u = scratch[i]
-            c = error_aware(abs(u) / v, spike_cost, high, unary)
+            c = error_aware(abs(u) / v, cost, high, unary)
             c = -c if u < 0 else c
             out[i] = np.int64(min(max(c, lo), hi))
         return v
