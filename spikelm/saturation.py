@@ -78,16 +78,25 @@ def measure_saturation(
     run: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[str, SpikeStats]:
     """Each spiking layer's firing statistics (clamped share included) over ``batches``, run by
-    ``run(model, batch)`` (default: ``model(batch)``)."""
-    from spikelm.layers import collect_stats
+    ``run(model, batch)`` (default: ``model(batch)``).
+
+    Each layer drops the weight layouts its backend derived as soon as it has run (a dense
+    backend's float copy of the weights), so that measuring holds one layer's, not the model's."""
+    from spikelm.layers import collect_stats, spiking_layers
 
     was_training = model.training
     model.eval()
+    hooks = [
+        layer.register_forward_hook(lambda layer, args, out: layer.clear_derived())
+        for layer in spiking_layers(model).values()
+    ]
     try:
         with collect_stats(model) as stats:
             for batch in batches:
                 (run or _forward)(model, batch)
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
     return stats
 
