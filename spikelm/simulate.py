@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,9 +255,14 @@ def check_stepping(adapter: Adapter, model: nn.Module, ids: torch.Tensor, tokens
     """Hold the step logits of ``ids[:CHECK_TOKENS]`` to the parallel forward's; returns the
     largest deviation relative to the logits' scale. A deviation over :data:`CHECK_TOLERANCE`
     (a family whose stepping lost its state, or a forward that ignored the cache) raises
-    :class:`ConfigError` naming the family and the transformers version."""
+    :class:`ConfigError` naming the family and the transformers version.
+
+    The spiking layers run an exact backend for the check (their own, or
+    :func:`~spikelm.backends.exact_backend_name`): with a float backend one row and sixteen round
+    differently, a count can flip at its rounding boundary, and in a model that amplifies it the
+    two forms part for reasons that have nothing to do with the state."""
     ids = ids[: tokens or CHECK_TOKENS]
-    with torch.no_grad():
+    with torch.no_grad(), _exact_layers(model, ids.device):
         parallel = adapter.logits(model, ids[None])[0].float()
         state = adapter.init_state(model, 1)
         stepped = []
@@ -274,6 +279,24 @@ def check_stepping(adapter: Adapter, model: nn.Module, ids: torch.Tensor, tokens
             f"{_library_versions()}"
         )
     return relative
+
+
+@contextlib.contextmanager
+def _exact_layers(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Every spiking layer of ``model`` on an exact backend for the duration (then restored)."""
+    from spikelm.backends import backend, exact_backend_name
+
+    layers = list(spiking_layers(model).values())
+    kept = [layer.backend for layer in layers]
+    exact = exact_backend_name(device)
+    try:
+        for layer, name in zip(layers, kept, strict=True):
+            if name == "auto" or not backend(name).exact:
+                layer.backend = exact
+        yield
+    finally:
+        for layer, name in zip(layers, kept, strict=True):
+            layer.backend = name
 
 
 def _library_versions() -> str:

@@ -19,7 +19,7 @@ from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError, SpikeFileError
 from spikelm.layers import SpikingLinear
 from spikelm.models import HybridLM
-from spikelm.simulate import CHECK_TOKENS, NO_GPU_MESSAGE, backend_names, simulate
+from spikelm.simulate import CHECK_TOKENS, NO_GPU_MESSAGE, backend_names, check_stepping, simulate
 from spikelm.spikes import SpikeReader
 
 CONFIG = TINY_HYBRID
@@ -119,6 +119,22 @@ def test_recording_holds_each_tokens_spikes(model, tmp_path: Path) -> None:
                 assert torch.equal(decoded, counts[0].to(torch.int64)), (name, token)
 
 
+def test_stepping_check_runs_an_exact_backend(model) -> None:
+    """A float backend rounds one row and many differently, so a count can flip between the two
+    forms; the check holds the adapter's state to account on an exact backend, then restores."""
+    from spikelm.adapters import adapter_for
+    from spikelm.backends import backend, exact_backend_name
+
+    layers = _spiking(model)
+    seen = []
+    for layer in layers.values():
+        layer.backend = "torch"
+        layer.register_forward_pre_hook(lambda m, _args: seen.append(m.backend))
+    assert check_stepping(adapter_for(model), model, PROMPT) <= 1e-3
+    assert seen and set(seen) == {exact_backend_name("cpu")} and backend(seen[0]).exact
+    assert {layer.backend for layer in layers.values()} == {"torch"}
+
+
 def test_bad_options_fail_before_any_work(model, tmp_path: Path) -> None:
     calls = []
     first = next(iter(_spiking(model).values()))
@@ -168,6 +184,28 @@ def test_every_backend_runs_the_model(model) -> None:
     if numba_available():
         assert set(runs["numba"].paths) <= {"numba.counts", "numba.events"}
         assert sum(runs["numba"].paths.values()) == calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_runs_record_the_cpu_spikes_bit_for_bit(checkpoint: Path, tmp_path: Path) -> None:
+    """On the GPU the exact backend, run twice, records the spikes of every layer bit for bit as
+    the CPU run does; the dense float backend generates the same tokens."""
+    kwargs = {"new_tokens": NEW, "progress": False}
+    cpu = simulate(spikelm.load(checkpoint), PROMPT, record=tmp_path / "cpu.h5", **kwargs)
+    with SpikeReader(tmp_path / "cpu.h5") as reader:
+        expected = {n: reader.read(n, range(cpu.tokens)).to_dense() for n in reader.layers}
+    for run_index, backend in enumerate(("torch_events", "torch_events", "torch")):
+        path = tmp_path / f"{run_index}.h5"
+        run = simulate(
+            spikelm.load(checkpoint), PROMPT, backend=backend, device="cuda", record=path, **kwargs
+        )
+        assert run.device.startswith("cuda") and run.generated == cpu.generated, backend
+        if backend == "torch":
+            continue
+        with SpikeReader(path) as reader:
+            assert reader.layers == list(expected)
+            for name, dense in expected.items():
+                assert np.array_equal(reader.read(name, range(run.tokens)).to_dense(), dense), name
 
 
 def test_a_failing_run_leaves_no_recording(model, tmp_path: Path, monkeypatch) -> None:

@@ -118,6 +118,15 @@ def auto_backend_name(device: torch.device | str | None = None, rows: int = 1) -
     return "torch"
 
 
+def exact_backend_name(device: torch.device | str | None = None) -> str:
+    """The fastest exact backend on ``device``: ``numba`` on the CPU when installed,
+    ``torch_events`` elsewhere (on a CPU without numba it is ``reference``)."""
+    device = resolve_device(device) or torch.device("cpu")
+    if device.type != "cpu":
+        return "torch_events"
+    return "numba" if numba_available() else "reference"
+
+
 def _check_device(chosen: Backend, device: torch.device) -> None:
     if not chosen.runs_on(device):
         raise ConfigError(
@@ -201,6 +210,7 @@ __all__ = [
     "auto_backend_name",
     "backend",
     "counting_paths",
+    "exact_backend_name",
     "exact_backends",
     "get_backend",
     "numba_available",

@@ -37,8 +37,8 @@ def value_table(coding: str, steps: int) -> tuple[int, torch.Tensor, torch.Tenso
 
 
 def events_per_row(counts: torch.Tensor, coder: SpikeCoder, steps: int) -> torch.Tensor:
-    """Spike events of each row of integer counts ``[M, C]`` (int64 ``[M]``)."""
-    ints = counts.detach().to(torch.int64)
+    """Spike events of each row of integer counts ``[M, C]`` (int64 ``[M]``, on the CPU)."""
+    ints = counts.detach().to("cpu", torch.int64)
     table = value_table(coder.name, steps)
     if table is None:
         return coder.events(ints, steps).sum(dim=1)
@@ -63,8 +63,8 @@ class SpikeStats:
     )
 
     def update(self, counts: torch.Tensor, coder: SpikeCoder) -> None:
-        """Add a batch of integer-valued counts ``[M, C]``."""
-        ints = counts.detach().to(torch.int64)
+        """Add a batch of integer-valued counts ``[M, C]`` (on any device; counted on the CPU)."""
+        ints = counts.detach().to("cpu", torch.int64)
         lo, hi = coder.count_range(self.steps)
         self.tokens += ints.shape[0]
         self.slots += ints.numel()
@@ -78,7 +78,7 @@ class SpikeStats:
         self.clipped += int((ints == hi).sum()) + (int((ints == lo).sum()) if lo < 0 else 0)
         if ints.numel():
             self.steps_used = max(self.steps_used, int(coder.steps_needed(ints).max()))
-        magnitude = ints.abs().clamp(max=HISTOGRAM_BINS - 1).flatten().cpu()
+        magnitude = ints.abs().clamp(max=HISTOGRAM_BINS - 1).flatten()
         self.histogram += torch.bincount(magnitude, minlength=HISTOGRAM_BINS)
 
     def _update_from_table(self, ints: torch.Tensor, table: tuple, hi: int) -> None:
