@@ -24,29 +24,34 @@ neuron:
 
     "layers": {"blocks.0.a": {"in": 64, "out": 64, "bias": true, "neuron": {"k": 2.4, "steps": 10}}}
 
+A checkpoint larger than one shard (:func:`spikelm.streaming.convert_streaming`) keeps its tensors
+in ``model-00001-of-0000N.safetensors`` files listed by ``model.safetensors.index.json`` (Hugging
+Face's ``weight_map``) instead of ``model.safetensors``; it is version 4, which readers of
+versions 1-3 refuse.
+
 ``spike_config`` leaves out the recipe fields at their defaults (``config.LATER_FIELDS``), so a
 checkpoint of SpikingBrain's recipe reads in spikelm versions from before recipes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
-import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from spikelm.adapters import MODULE, Adapter, adapter_for, adapter_for_source
 from spikelm.backends import get_backend
 from spikelm.config import SpikeConfig
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
-from spikelm.fileio import atomic_directory, check_safetensors_file, one_line
+from spikelm.fileio import atomic_directory, one_line, safetensors_header, tensor_files
 from spikelm.fusion import FusedSpikingLinear, SharedInputSlice, fused_name, install
 from spikelm.layers import SpikingLinear, spiking_layers
 from spikelm.outputs import check_output
@@ -59,9 +64,14 @@ FUSED_VERSION = 2
 """The version of a checkpoint with fused layers (a ``fused`` entry in the manifest)."""
 NEURON_VERSION = 3
 """The version of a checkpoint in which some layer records its own neuron parameters."""
-VERSIONS = (VERSION, FUSED_VERSION, NEURON_VERSION)
+SHARDED_VERSION = 4
+"""The version of a checkpoint whose tensors are in shards listed by :data:`INDEX`."""
+VERSIONS = (VERSION, FUSED_VERSION, NEURON_VERSION, SHARDED_VERSION)
 MANIFEST = "spikelm.json"
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+SHARD_BYTES = 1 << 30
+"""Default most bytes of one shard a streaming conversion writes (a larger tensor gets its own)."""
 
 
 def save(
@@ -91,27 +101,117 @@ def save(
         neuron = m.neuron_overrides(config)
         if neuron:
             entries[name]["neuron"] = neuron
-    own_neurons = any("neuron" in entry for entry in entries.values())
-    manifest = {
+    manifest = manifest_for(config, adapter, entries, fused, metadata=metadata)
+    with staged_checkpoint(directory) as staging:
+        save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})
+        publish(staging, manifest, lambda d: adapter.save_config(model, d), tokenizer)
+    return Path(directory)
+
+
+def manifest_for(
+    config: SpikeConfig,
+    adapter: Adapter,
+    layers: dict[str, dict[str, Any]],
+    fused: dict[str, list],
+    *,
+    sharded: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``spikelm.json`` of a checkpoint, at the lowest version that holds what it records."""
+    if sharded:
+        version = SHARDED_VERSION
+    elif any("neuron" in entry for entry in layers.values()):
+        version = NEURON_VERSION
+    else:
+        version = FUSED_VERSION if fused else VERSION
+    return {
         "format": FORMAT,
-        "version": NEURON_VERSION if own_neurons else FUSED_VERSION if fused else VERSION,
+        "version": version,
         "source": adapter.checkpoint_source,
         "spike_config": config.to_dict(),
-        "layers": entries,
+        "layers": layers,
         **({"fused": fused} if fused else {}),
         "metadata": metadata or {},
     }
+
+
+@contextlib.contextmanager
+def staged_checkpoint(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """A staging directory published as ``directory`` when the block succeeds (nothing is left
+    behind when it fails); an OS error while writing is one line naming the checkpoint."""
     target = Path(directory)
     try:
         with atomic_directory(target) as staging:
-            adapter.save_config(model, staging)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})
-            if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-                tokenizer.save_pretrained(staging)
+            yield staging
+    except SpikelmError:
+        raise
     except OSError as error:
         raise SpikelmError(f"{target}: cannot write spiking checkpoint ({error})") from error
-    return target
+
+
+def publish(
+    staging: Path,
+    manifest: dict[str, Any],
+    save_config: Callable[[Path], None],
+    tokenizer: Any = None,
+) -> None:
+    """Write the manifest, the model config and the tokenizer beside the staged weights."""
+    save_config(staging)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(staging)
+
+
+class ShardWriter:
+    """Tensors appended in order, written into ``staging`` as safetensors files of at most
+    ``shard_bytes`` (a larger tensor gets a file of its own); :meth:`finish` names them
+    ``model.safetensors``, or ``model-0000i-of-0000N.safetensors`` listed by :data:`INDEX`.
+    Memory holds one shard's tensors at most."""
+
+    def __init__(self, staging: Path, shard_bytes: int = SHARD_BYTES) -> None:
+        if shard_bytes < 1:
+            raise ConfigError(f"shard size must be positive, got {shard_bytes}")
+        self.staging, self.shard_bytes = staging, shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.written: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.shard_bytes:
+            self._flush()
+        self.pending[name] = tensor.detach().contiguous()
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        file = self.staging / f".shard-{len(self.written):05d}.safetensors"
+        try:
+            save_file(self.pending, str(file), metadata={"format": "pt"})
+        except Exception as error:  # safetensors raises its own error type for I/O failures
+            if isinstance(error, OSError):
+                raise
+            raise OSError(one_line(error)) from error
+        self.written.append((file, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> bool:
+        """Write the last shard and name the files; returns whether the result is sharded."""
+        if self.pending or not self.written:
+            self._flush()
+        if len(self.written) == 1:
+            self.written[0][0].rename(self.staging / WEIGHTS)
+            return False
+        count = len(self.written)
+        weight_map = {}
+        for number, (file, names) in enumerate(self.written, start=1):
+            shard = f"model-{number:05d}-of-{count:05d}.safetensors"
+            file.rename(self.staging / shard)
+            weight_map.update(dict.fromkeys(names, shard))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.staging / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        return True
 
 
 def _fused_entries(model: nn.Module, layers: dict[str, SpikingLinear]) -> dict[str, list]:
@@ -188,7 +288,7 @@ def _check_neuron(manifest: dict[str, Any], name: str, where: Path) -> None:
     neuron = manifest["layers"][name].get("neuron")
     if neuron is None:
         return
-    if manifest["version"] != NEURON_VERSION:
+    if manifest["version"] < NEURON_VERSION:
         raise CheckpointError(
             f"{where}: layer {name!r} has a 'neuron' entry, which needs checkpoint version "
             f"{NEURON_VERSION}"
@@ -297,22 +397,20 @@ def load(
         config = SpikeConfig.from_dict(manifest["spike_config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path / MANIFEST}: bad spike_config ({one_line(error)})") from error
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing weights file")
-    check_safetensors_file(weights)  # truncated / corrupt: one line naming the file
-    stored = _stored_tensors(weights)
+    files = _weight_files(path, manifest)
+    stored = _stored_tensors(files)
     for name, shape in manifest["layers"].items():  # before any layer is allocated
         found = stored.get(f"{name}.weight_q")
         if found != ("I8", [shape["out"], shape["in"]]):
             raise CheckpointError(
-                f"{weights}: layer {name!r} is {shape['out']}x{shape['in']} in {MANIFEST} but its "
-                f"weight_q is {found[1] if found else 'missing'} ({found[0] if found else '-'})"
+                f"{_where(files, f'{name}.weight_q')}: layer {name!r} is "
+                f"{shape['out']}x{shape['in']} in {MANIFEST} but its weight_q is "
+                f"{found[1] if found else 'missing'} ({found[0] if found else '-'})"
             )
     tokenizer = None
     if model is None:
         adapter = _adapter(path, manifest.get("source"))
-        _check_size(adapter, path, weights)
+        _check_size(adapter, path, files)
         model, tokenizer = adapter.skeleton(path), adapter.tokenizer(path)
     fused = manifest.get("fused", {})
     for name, shape in manifest["layers"].items():
@@ -345,14 +443,17 @@ def load(
             set_submodule(model, name, layer)
         if "neuron" in shape:
             layer.set_neuron(**shape["neuron"])
-    _check_against(model, stored, weights)
-    try:
-        load_model(model, str(weights), strict=True)
-    except Exception as error:  # safetensors' own errors for corrupt data
-        raise CheckpointError(f"{weights}: cannot load ({one_line(error)})") from error
+    _check_against(model, stored, files)
+    for file in dict.fromkeys(files.values()):  # every name checked above: one shard at a time
+        try:
+            model.load_state_dict(load_file(file), strict=False)
+        except Exception as error:  # safetensors' own errors for corrupt data
+            raise CheckpointError(f"{file}: cannot load ({one_line(error)})") from error
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values")
+            raise CheckpointError(
+                f"{_where(files, name)}: tensor {name} holds NaN or infinite values"
+            )
     model._spikelm_config = config
     model.eval()
     adapter_for(model).converted(model)
@@ -378,18 +479,43 @@ def _check_member(
         )
 
 
-def _check_size(adapter: Adapter, path: Path, weights: Path) -> None:
-    """Refuse a ``config.json`` describing a model far larger than the weights file before any
-    memory is allocated: the skeleton is first built on the ``meta`` device (shapes only), after
-    a look at its numbers (no size past 2^31, no more layers than stored tensors)."""
-    stored_count = len(_stored_tensors(weights))
+def _weight_files(path: Path, manifest: dict[str, Any]) -> dict[str, Path]:
+    """Which file holds each stored tensor: ``model.safetensors``, or (version 4) the shards of
+    :data:`INDEX`; every file checked complete (:func:`spikelm.fileio.tensor_files`)."""
+    single, sharded = (path / WEIGHTS).is_file(), (path / INDEX).is_file()
+    if not single and not sharded:
+        raise CheckpointError(f"{path / WEIGHTS}: missing weights file")
+    if not single and manifest["version"] != SHARDED_VERSION:
+        raise CheckpointError(
+            f"{path / MANIFEST}: a version {manifest['version']} checkpoint keeps its tensors in "
+            f"{WEIGHTS}, which is missing"
+        )
+    files = tensor_files(path, WEIGHTS, INDEX)
+    if not files:
+        raise CheckpointError(f"{path}: the weights hold no tensors")
+    return files
+
+
+def _where(files: dict[str, Path], name: str | None = None) -> Path:
+    """The file a message about tensor ``name`` names: its own, or the weights as a whole."""
+    if name in files:
+        return files[name]
+    shards = set(files.values())
+    return next(iter(shards)) if len(shards) == 1 else next(iter(shards)).parent / INDEX
+
+
+def _check_size(adapter: Adapter, path: Path, files: dict[str, Path]) -> None:
+    """Refuse a ``config.json`` describing a model far larger than the weights before any memory
+    is allocated: the skeleton is first built on the ``meta`` device (shapes only), after a look
+    at its numbers (no size past 2^31, no more layers than stored tensors)."""
+    stored_count = len(files)
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     for key, value in config.items() if isinstance(config, dict) else ():
         layers = key in ("num_hidden_layers", "n_layers") and isinstance(value, int)
         if isinstance(value, int) and (abs(value) > 2**31 or (layers and value > stored_count)):
             raise CheckpointError(
                 f"{path / 'config.json'}: {key} = {value} does not fit the {stored_count} "
-                f"tensors of {weights.name}"
+                f"tensors of {_where(files).name}"
             )
     try:
         with torch.device("meta"):
@@ -400,30 +526,28 @@ def _check_size(adapter: Adapter, path: Path, weights: Path) -> None:
         ) from error
     tensors = {id(t): t for t in itertools.chain(probe.parameters(), probe.buffers())}
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
-    stored = weights.stat().st_size
+    stored = sum(file.stat().st_size for file in set(files.values()))
     if needed > 4 * stored + (1 << 20):  # float layers that the file holds as int8: 4x at most
         raise CheckpointError(
             f"{path / 'config.json'}: describes a model of {needed / 2**20:,.0f} MiB in floats, "
-            f"but {weights.name} holds {stored / 2**20:,.1f} MiB: config and weights do not match"
+            f"but {_where(files).name} holds {stored / 2**20:,.1f} MiB: config and weights do "
+            "not match"
         )
 
 
-def _stored_tensors(weights: Path) -> dict[str, tuple[str, list[int]]]:
-    """``name -> (dtype, shape)`` from a safetensors header (nothing is read but the header)."""
-    with open(weights, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return {
-        name: (entry["dtype"], list(entry["shape"]))
-        for name, entry in header.items()
-        if name != "__metadata__"
-    }
+def _stored_tensors(files: dict[str, Path]) -> dict[str, tuple[str, list[int]]]:
+    """``name -> (dtype, shape)`` from the safetensors headers (nothing is read but them)."""
+    stored = {}
+    for file in dict.fromkeys(files.values()):
+        for name, entry in safetensors_header(file).items():
+            stored[name] = (entry["dtype"], list(entry["shape"]))
+    return stored
 
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def _check_against(model: nn.Module, stored: dict, weights: Path) -> None:
+def _check_against(model: nn.Module, stored: dict, files: dict[str, Path]) -> None:
     """Every tensor of ``model`` stored with its shape and kind of dtype, and nothing else."""
     expected = model.state_dict()
     stored_storage = {
@@ -433,18 +557,20 @@ def _check_against(model: nn.Module, stored: dict, weights: Path) -> None:
         if name not in stored:
             if tensor.untyped_storage().data_ptr() in stored_storage:
                 continue  # tied to a stored tensor (safetensors keeps one name of a tied pair)
-            raise CheckpointError(f"{weights}: tensor {name} is missing")
+            raise CheckpointError(f"{_where(files)}: tensor {name} is missing")
         dtype, shape = stored[name]
         fits = dtype == "I8" if tensor.dtype == torch.int8 else dtype in FLOAT_DTYPES
         if not fits or shape != list(tensor.shape):
             raise CheckpointError(
-                f"{weights}: tensor {name} is {dtype} {shape}; the model needs "
+                f"{_where(files, name)}: tensor {name} is {dtype} {shape}; the model needs "
                 f"{'I8' if tensor.dtype == torch.int8 else 'a float'} {list(tensor.shape)}"
             )
     unexpected = sorted(set(stored) - set(expected))
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"{weights}: tensor {unexpected[0]} is not in the model{more}")
+        raise CheckpointError(
+            f"{_where(files, unexpected[0])}: tensor {unexpected[0]} is not in the model{more}"
+        )
 
 
 __all__ = ["load", "read_manifest", "save"]

@@ -169,6 +169,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from spikelm.workflow import convert_model, load_source, token_ids
 
     config = _spike_config(args)
+    if args.stream:
+        return _convert_streaming(args, config)
     check_output(args.out, "checkpoint", overwrite=args.overwrite, sources=[args.src])
     model, tokenizer = load_source(args.src, allow_unused_weights=args.allow_unused_weights)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -207,6 +209,55 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(_fidelity_table(result))
     print(f"spiking checkpoint written to {result.out_dir}")
     return 0
+
+
+def _convert_streaming(args: argparse.Namespace, config) -> int:
+    from spikelm.errors import ConfigError
+    from spikelm.streaming import convert_streaming
+
+    given = [
+        option
+        for option, value in (
+            ("--calib", args.calib),
+            ("--calib-ids", args.calib_ids),
+            ("--eval", args.eval),
+            ("--eval-ids", args.eval_ids),
+            ("--allow-unused-weights", args.allow_unused_weights),
+        )
+        if value
+    ]
+    if given:
+        raise ConfigError(
+            f"--stream converts from the weights alone: {', '.join(given)} needs the whole float "
+            "model in memory (convert without --stream, or evaluate the checkpoint afterwards "
+            "with spikelm report)"
+        )
+    out = convert_streaming(
+        args.src,
+        args.out,
+        config,
+        shard_bytes=args.shard_size,
+        overwrite=args.overwrite,
+        keep_dense_patterns=tuple(args.keep_dense or ()),
+    )
+    print(f"spiking checkpoint written to {out} (streamed tensor by tensor, layers not fused)")
+    return 0
+
+
+def _byte_size(text: str) -> int:
+    """An argparse type: a size such as ``500MB``, ``2GB`` or a plain number of bytes."""
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1}
+    upper = text.strip().upper()
+    unit = next((u for u in units if upper.endswith(u)), "B")
+    try:
+        value = float(upper[: len(upper) - len(unit)] if upper.endswith(unit) else upper)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 500MB or 2GB, got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return int(value * units[unit])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -453,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every projection a separate spiking layer (default: layers that read one "
         "input and share their neuron are fused into one, e.g. 'attn.{q_proj,k_proj,v_proj}')",
+    )
+    convert.add_argument(
+        "--stream",
+        action="store_true",
+        help="convert a local safetensors checkpoint tensor by tensor (memory: one tensor and one "
+        "output shard, not the model; dynamic thresholds only; layers not fused)",
+    )
+    convert.add_argument(
+        "--shard-size",
+        type=_byte_size,
+        default="1GB",
+        metavar="SIZE",
+        help="with --stream: largest output shard, e.g. 500MB (default 1GB)",
     )
     _add_conversion_options(convert)
     convert.set_defaults(handler=_cmd_convert)

@@ -20,6 +20,16 @@ RECIPE_SPIKE_COST = {"spikingbrain": 0.0, "spikelm": 0.3}
 
 
 LATER_FIELDS = ("recipe", "spike_weight", "spike_budget")
+FLOAT_FIELDS = (
+    "k",
+    "percentile",
+    "smooth_alpha",
+    "fisher_power",
+    "spike_cost",
+    "spike_weight",
+    "spike_budget",
+)
+"""Fields held as floats: an integer given for one is converted (torch refuses ints past int64)."""
 """Fields added after checkpoint version 2 (written only when set)."""
 
 
@@ -92,6 +102,15 @@ class SpikeConfig:
 
     def __post_init__(self) -> None:
         get_coder(self.coding)
+        for name in FLOAT_FIELDS:  # an int past float64 (2**1024) or past int64 in torch: refuse
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    object.__setattr__(self, name, float(value))
+                except OverflowError:
+                    raise ConfigError(
+                        f"{name} is out of range: an integer of {len(str(abs(value)))} digits"
+                    ) from None
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 62:
             raise ConfigError(f"steps must be an integer in [1, 62], got {self.steps!r}")
         if not (isinstance(self.k, (int, float)) and math.isfinite(self.k) and self.k > 0):

@@ -164,6 +164,50 @@ def check_safetensors_file(file: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"{file}: corrupt safetensors file: {one_line(exc)}") from exc
 
 
+def safetensors_header(file: str | os.PathLike[str]) -> dict[str, dict]:
+    """``name -> {"dtype", "shape", "data_offsets"}`` of a safetensors file (header only)."""
+    with open(file, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {name: entry for name, entry in header.items() if name != "__metadata__"}
+
+
+def tensor_files(directory: Path, single: str, index: str) -> dict[str, Path]:
+    """Which file holds each tensor of a safetensors checkpoint: the ``single`` file, or the
+    shards of the ``index`` (Hugging Face's ``weight_map``). Every file is checked complete
+    (:func:`check_safetensors_file`); the index must name existing shards, each tensor in the
+    shard that holds it, and every tensor of every shard."""
+    if (directory / single).is_file():
+        check_safetensors_file(directory / single)
+        return dict.fromkeys(safetensors_header(directory / single), directory / single)
+    index_file = directory / index
+    if not index_file.is_file():
+        raise CheckpointError(f"{directory}: no {single} or {index}")
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+        pairs = [(str(name), str(shard)) for name, shard in weight_map.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{index_file}: not a valid safetensors index: {one_line(exc)}"
+        ) from exc
+    held: dict[str, set[str]] = {}
+    for shard in sorted({shard for _, shard in pairs}):
+        file = directory / shard
+        if Path(shard).name != shard or not file.is_file():
+            raise CheckpointError(f"{file}: weight shard listed in {index} is missing")
+        check_safetensors_file(file)
+        held[shard] = set(safetensors_header(file))
+    for name, shard in pairs:
+        if name not in held[shard]:
+            raise CheckpointError(f"{index_file}: tensor {name} is not in its shard {shard}")
+    listed = {name for name, _ in pairs}
+    for shard, names in held.items():
+        extra = sorted(names - listed)
+        if extra:
+            raise CheckpointError(f"{directory / shard}: tensor {extra[0]} is not in {index}")
+    return {name: directory / shard for name, shard in pairs}
+
+
 def one_line(exc: BaseException, limit: int = 400) -> str:
     """An exception's message on one line (whitespace collapsed, cut to ``limit`` characters)."""
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -187,21 +187,38 @@ def check_config_file(path: Path) -> None:
 def model_from_config(
     path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """A randomly initialized causal LM built from ``path/config.json`` (no weights are read).
+    """A causal LM built from ``path/config.json`` with its weights left uninitialized.
 
     The skeleton into which a saved state dict of a :func:`load_causal_lm` model is loaded: eval
     mode and the same inference-time state (the family adapter's ``loaded`` fix-ups applied, so the
-    first forward does not rescale the loaded weights again).
+    first forward does not rescale the loaded weights again). Its weights are allocated but never
+    written (``transformers``' ``no_init_weights``), so the memory of a layer that loading then
+    replaces (a linear layer becoming a spiking one) is never touched: a 7B skeleton costs what
+    is loaded into it, not 28 GB of float32 initial values. Buffers computed at construction
+    (rotary frequencies) are built as usual.
     """
+    from transformers.initialization import no_init_weights
+
     path = Path(path)
     check_config_file(path)
     config = _load_config(str(path), trust_remote_code)
-    model = AutoModelForCausalLM.from_config(
-        config, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    model.tie_weights()  # no_init_weights skips init_weights, which also ties the embeddings
     model.eval()
     adapter_for(model).loaded(model)
     return model
+
+
+def meta_model(path: str | Path) -> PreTrainedModel:
+    """The causal LM of ``path/config.json`` on the ``meta`` device: names and shapes, no memory."""
+    path = Path(path)
+    check_config_file(path)
+    config = _load_config(str(path), False)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_tokenizer(

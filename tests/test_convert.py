@@ -132,3 +132,12 @@ def test_nan_at_run_time_names_the_layer() -> None:
     x[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="'up'"):
         snn(x)
+
+
+def test_integer_config_values_become_floats_or_are_refused() -> None:
+    """A float field given as an integer is held as a float (torch refuses ints past int64, as a
+    fuzzed checkpoint's k = 2**64 found); one past float64 is a config error."""
+    config = SpikeConfig(k=2**64, spike_cost=3)
+    assert isinstance(config.k, float) and config.k == 2.0**64 and config.spike_cost == 3.0
+    with pytest.raises(ConfigError, match="k is out of range: an integer of 401 digits"):
+        SpikeConfig(k=10**400)

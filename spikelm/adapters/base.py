@@ -36,6 +36,9 @@ class Adapter:
     """``config.json`` ``model_type`` values this adapter handles."""
     steps = False
     """Whether :meth:`step` is implemented (token-by-token simulation)."""
+    streams = False
+    """Whether its checkpoints convert tensor by tensor (:mod:`spikelm.streaming`): the stored
+    tensors are the inference weights under the model's own names (no load-time fix-ups)."""
 
     def handles(self, model: nn.Module) -> bool:
         """Whether ``model`` is of this family."""

@@ -19,6 +19,7 @@ LINEAR = "recurrent_state"
 class MiniMaxAdapter(TransformersAdapter):
     name = "minimax"
     model_types = ("minimax",)
+    streams = False  # transformers stacks its experts' stored tensors when it loads
 
     def new_cache(self, model: nn.Module) -> Any:
         from transformers.models.minimax.modeling_minimax import MiniMaxCache

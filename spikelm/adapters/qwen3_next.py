@@ -8,3 +8,4 @@ from spikelm.adapters.transformers import TransformersAdapter
 class Qwen3NextAdapter(TransformersAdapter):
     name = "qwen3_next"
     model_types = ("qwen3_next",)
+    streams = False  # transformers stacks its experts' stored tensors when it loads

@@ -28,6 +28,7 @@ STATE_NAMES = ("ffn_shift", "attention_shift", "wkv_numerator", "wkv_denominator
 class RwkvAdapter(TransformersAdapter):
     name = "rwkv"
     model_types = ("rwkv",)
+    streams = False  # its blocks' weights are rescaled when it loads (see loaded)
 
     def output_head(self, model: nn.Module) -> nn.Module | None:
         return model.head

@@ -33,6 +33,7 @@ class TransformersAdapter(Adapter):
 
     checkpoint_source = "transformers"
     steps = True
+    streams = True
 
     def load(self, path: Path) -> tuple[nn.Module, Any]:
         require_extra("hf", "transformers", f"{path}: a {self.name} checkpoint")

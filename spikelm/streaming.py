@@ -1,0 +1,171 @@
+"""Streaming conversion: a safetensors checkpoint to a spiking one, one tensor at a time.
+
+SpikingBrain's dynamic threshold (``V = k * mean|x| / T`` per token) needs no calibration
+forward, so a linear layer converts from its weight alone: read it (memory-mapped, any float
+dtype), quantize it, append the layer's tensors to the output shard, drop it. The model itself is
+built on the ``meta`` device (names and shapes only), so memory holds one source tensor, its
+quantized form and the shard being filled, whatever the model's size. Tensors that stay dense
+(embeddings, norms, the output head) are copied in their source dtype: the loader widens them
+into the float32 model exactly as a float32 load would.
+
+The output is the checkpoint :func:`spikelm.checkpoint.save` writes for the same weights with
+``fuse=False`` (same tensors and values), sharded when larger than ``shard_bytes``. Families whose
+stored tensors are not the inference weights as the model holds them (load-time fix-ups or
+renamed keys) are refused by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from spikelm.adapters import adapter_for
+from spikelm.checkpoint import SHARD_BYTES, ShardWriter, manifest_for, publish, staged_checkpoint
+from spikelm.config import SpikeConfig
+from spikelm.convert import spiking_layer
+from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError, require_extra
+from spikelm.fileio import one_line, tensor_files
+from spikelm.outputs import check_output
+from spikelm.targets import check_patterns, target_linears
+
+
+def convert_streaming(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: SpikeConfig | None = None,
+    *,
+    shard_bytes: int = SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+    keep_dense_patterns: tuple[str, ...] = (),
+) -> Path:
+    """Convert the local Hugging Face checkpoint ``source`` to ``out_dir`` tensor by tensor.
+
+    Only conversions without calibration data (``config.needs_calibration`` false: SpikingBrain's
+    dynamic rule) stream. Returns the checkpoint directory, written atomically.
+    """
+    require_extra("hf", "transformers", f"{source}: streaming conversion")
+    from spikelm.hf import load_tokenizer, meta_model, supported_model_types
+
+    config = config or SpikeConfig()
+    path = Path(os.path.expanduser(source))
+    check_output(out_dir, "checkpoint", overwrite=overwrite, sources=[path])
+    if config.needs_calibration:
+        raise ConfigError(
+            "streaming conversion needs no calibration data, so it supports the dynamic "
+            "threshold rule only (SpikingBrain's recipe, no smooth_alpha or fisher_power); "
+            "convert without streaming for calibrated thresholds"
+        )
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: no such model directory (streaming reads a local checkpoint; download a hub "
+            "model first)"
+        )
+    model = meta_model(path)
+    files = tensor_files(path, "model.safetensors", "model.safetensors.index.json")
+    adapter = adapter_for(model)
+    if not adapter.streams:
+        raise UnsupportedModelError(
+            f"{path}: {adapter.name} checkpoints are changed when they load (the stored tensors "
+            "are not the inference weights), so they cannot be converted tensor by tensor; "
+            f"convert without streaming (streams: {', '.join(_streaming_types(supported_model_types()))})"
+        )
+    check_patterns(model, keep_dense_patterns, "--keep-dense")
+    targets = target_linears(model, config)
+    names = _stored_names(model, files, path)
+    tokenizer = load_tokenizer(path)
+    entries = {}
+    with staged_checkpoint(out_dir) as staging:
+        writer = ShardWriter(staging, shard_bytes)
+        for name in _tqdm(names, progress, "streaming"):
+            layer_name, _, kind = name.rpartition(".")
+            if layer_name in targets and kind == "weight":
+                linear = targets[layer_name]
+                bias = f"{layer_name}.bias" if linear.bias is not None else None
+                layer = spiking_layer(_linear(files, name, bias), config, layer_name)
+                for key, tensor in layer.state_dict().items():
+                    writer.add(f"{layer_name}.{key}", tensor)
+                entries[layer_name] = {
+                    "in": linear.in_features,
+                    "out": linear.out_features,
+                    "bias": bias is not None,
+                }
+            elif not (layer_name in targets and kind == "bias"):
+                writer.add(name, _read(files, name))
+        manifest = manifest_for(config, adapter, entries, {}, sharded=writer.finish())
+        publish(staging, manifest, lambda d: adapter.save_config(model, d), tokenizer)
+    return Path(out_dir)
+
+
+def _streaming_types(model_types: tuple[str, ...]) -> list[str]:
+    from spikelm.adapters import adapter_for_type
+
+    return [t for t in model_types if adapter_for_type(t, t).streams]
+
+
+def _stored_names(model: nn.Module, files: dict[str, Path], path: Path) -> list[str]:
+    """The model's tensor names in state-dict order, one name per tied group (the one the source
+    holds); every one must be stored, and the source may hold nothing else."""
+    tied: dict[int, list[str]] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        tied.setdefault(id(tensor), []).append(name)
+    group_of = {name: names for names in tied.values() for name in names}
+    names, seen = [], set()
+    for name in model.state_dict():
+        group = group_of.get(name, [name])
+        if seen.intersection(group):
+            continue
+        seen.update(group)
+        stored = [n for n in group if n in files]
+        if not stored:
+            raise CheckpointError(
+                f"{path}: tensor {name} of the model is not in the checkpoint (a family that "
+                "renames its tensors when it loads cannot stream; convert without streaming)"
+            )
+        names.append(stored[0])
+    unused = sorted(set(files) - seen)
+    if unused:
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise CheckpointError(f"{path}: tensor {unused[0]} is not used by the model{more}")
+    return names
+
+
+def _linear(files: dict[str, Path], weight: str, bias: str | None) -> nn.Linear:
+    """An ``nn.Linear`` holding the stored float32 weight (and bias), for :func:`spiking_layer`."""
+    w = _read(files, weight).to(torch.float32)
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(_read(files, bias).to(torch.float32), requires_grad=False)
+    return linear
+
+
+def _read(files: dict[str, Path], name: str) -> torch.Tensor:
+    """Tensor ``name``, checked finite. Its file is mapped only while the tensor is copied out: a
+    file kept mapped would keep every page read so far resident, the whole source by the end."""
+    file = files[name]
+    try:
+        with safe_open(file, framework="pt") as handle:
+            tensor = handle.get_tensor(name).clone()
+    except Exception as error:  # safetensors' own errors for corrupt data
+        raise CheckpointError(f"{file}: cannot read tensor {name} ({one_line(error)})") from error
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{file}: tensor {name} holds NaN or infinite values")
+    return tensor
+
+
+def _tqdm(items: list[str], progress: bool, what: str) -> Iterator[str]:
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc=what, unit="tensor", disable=not progress))
+
+
+__all__ = ["convert_streaming"]

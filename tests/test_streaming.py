@@ -1,0 +1,265 @@
+"""Streaming conversion (``spikelm convert --stream``): tensor by tensor from a sharded bf16
+checkpoint, the same spiking model as the in-memory path, bounded memory, clean refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import hf_tiny  # noqa: E402
+
+import spikelm  # noqa: E402
+from spikelm.checkpoint import INDEX, SHARDED_VERSION, VERSION  # noqa: E402
+from spikelm.cli import main  # noqa: E402
+from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError  # noqa: E402
+from spikelm.hf import load_causal_lm  # noqa: E402
+from spikelm.simulate import simulate  # noqa: E402
+from spikelm.streaming import convert_streaming  # noqa: E402
+
+IDS = torch.randint(4, hf_tiny.VOCAB_SIZE, (1, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _source(root: Path, family: str = "llama", shard: str = "20KB") -> Path:
+    """A tiny ``family`` checkpoint saved in bf16, sharded, with its tokenizer."""
+    model, _ = hf_tiny.build_tiny(family, 0)
+    out = root / f"{family}-src"
+    model.to(torch.bfloat16).save_pretrained(out, max_shard_size=shard)
+    hf_tiny.build_tokenizer().save_pretrained(out)
+    return out
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".partial-" in p.name)
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba2"])
+def test_streaming_gives_the_in_memory_conversion(family: str, tmp_path: Path) -> None:
+    """Same tensors, logits and spikes, bit for bit, as loading the model in float32 and
+    converting it in memory (unfused); the output sharded with an index."""
+    source = _source(tmp_path, family)
+    assert (source / INDEX).is_file()
+    streamed = convert_streaming(source, tmp_path / "streamed", shard_bytes=30_000, progress=False)
+    manifest = json.loads((streamed / "spikelm.json").read_text())
+    assert manifest["version"] == SHARDED_VERSION and (streamed / INDEX).is_file()
+    assert not (streamed / "model.safetensors").exists()
+    assert _leftovers(tmp_path) == []
+    ann, _ = load_causal_lm(source)
+    config = spikelm.SpikeConfig()
+    in_memory = spikelm.save(
+        spikelm.convert(spikelm.prepare(ann, config), fuse=False), tmp_path / "in-memory"
+    )
+    a, b = spikelm.load(streamed), spikelm.load(in_memory)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with torch.no_grad():
+        assert torch.equal(a(IDS).logits, b(IDS).logits)
+    runs = [simulate(m, IDS[0], new_tokens=4, backend="reference", progress=False) for m in (a, b)]
+    assert runs[0].generated == runs[1].generated
+    assert all(
+        runs[0].layer_stats[n].events == runs[1].layer_stats[n].events for n in runs[1].layer_stats
+    )
+    assert runs[0].stats.events == runs[1].stats.events > 0
+
+
+def test_a_small_model_streams_into_one_file(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    out = convert_streaming(source, tmp_path / "out", progress=False)
+    assert json.loads((out / "spikelm.json").read_text())["version"] == VERSION
+    assert (out / "model.safetensors").is_file() and not (out / INDEX).exists()
+    assert (out / "tokenizer.json").is_file()
+    model, tokenizer = spikelm.load(out, with_tokenizer=True)
+    assert tokenizer is not None and len(spikelm.layers.spiking_layers(model)) > 0
+
+
+def test_the_writer_holds_one_shard_or_one_tensor(tmp_path: Path, monkeypatch) -> None:
+    """What the writer holds never exceeds the shard size, except a single larger tensor."""
+    from spikelm.checkpoint import ShardWriter
+
+    held = []
+    original = ShardWriter.add
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        original(self, name, tensor)
+        held.append((self.pending_bytes, len(self.pending)))
+
+    monkeypatch.setattr(ShardWriter, "add", add)
+    convert_streaming(_source(tmp_path), tmp_path / "out", shard_bytes=8_000, progress=False)
+    assert all(size <= 8_000 or count == 1 for size, count in held), held
+    assert max(count for _, count in held) > 1 and max(size for size, _ in held) > 8_000
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 3
+
+
+def test_peak_memory_follows_a_tensor_not_the_model(tmp_path: Path) -> None:
+    """A 50M-parameter Llama (100 MB in bf16, 200 MB in float32) converts in a subprocess whose
+    peak RSS grows by well under the model's float32 size over the libraries' own."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    )
+    source = tmp_path / "src"
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(source, max_shard_size="30MB")
+    fp32_mib = sum(f.stat().st_size for f in source.glob("*.safetensors")) * 2 / 2**20
+    script = textwrap.dedent(
+        f"""
+        import resource, transformers, torch
+        from spikelm.streaming import convert_streaming
+        from spikelm.hf import meta_model
+        meta_model({str(source)!r})  # the libraries and their caches, before the baseline
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        convert_streaming({str(source)!r}, {str(tmp_path / "out")!r}, shard_bytes=16 << 20,
+                          progress=False)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    growth_mib = float(result.stdout.strip().splitlines()[-1])
+    assert growth_mib < fp32_mib / 2, (growth_mib, fp32_mib)
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 2
+
+
+@pytest.mark.parametrize(
+    "family, match",
+    [
+        ("rwkv", "rwkv checkpoints are changed when they load"),
+        ("qwen3_next", "qwen3_next checkpoints are changed when they load"),
+    ],
+)
+def test_families_that_change_on_load_are_refused(family: str, match: str, tmp_path) -> None:
+    source = _source(tmp_path, family)
+    with pytest.raises(UnsupportedModelError, match=match):
+        convert_streaming(source, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrated_thresholds_are_refused(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    with pytest.raises(ConfigError, match="dynamic threshold rule only"):
+        convert_streaming(
+            source, tmp_path / "out", spikelm.SpikeConfig(threshold="static_tensor"), progress=False
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def _index(source: Path) -> dict:
+    return json.loads((source / INDEX).read_text())
+
+
+def _truncate_first_shard(source: Path) -> str:
+    shard = sorted(source.glob("model-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    return f"{shard.name}: truncated safetensors file"
+
+
+def _drop_a_shard(source: Path) -> str:
+    shard = sorted(source.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    return f"{shard.name}: weight shard listed in {INDEX} is missing"
+
+
+def _name_a_ghost_tensor(source: Path) -> str:
+    index = _index(source)
+    shard = next(iter(index["weight_map"].values()))
+    index["weight_map"]["model.layers.0.ghost.weight"] = shard
+    (source / INDEX).write_text(json.dumps(index))
+    return f"tensor model.layers.0.ghost.weight is not in its shard {shard}"
+
+
+def _poison_a_weight(source: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    index = _index(source)
+    name = "model.layers.0.mlp.down_proj.weight"
+    shard = source / index["weight_map"][name]
+    tensors = load_file(shard)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return f"tensor {name} holds NaN or infinite values"
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate_first_shard, _drop_a_shard, _name_a_ghost_tensor, _poison_a_weight]
+)
+def test_a_damaged_source_is_one_line_and_writes_nothing(damage, tmp_path: Path, capsys) -> None:
+    source = _source(tmp_path)
+    expected = damage(source)
+    out = tmp_path / "out"
+    capsys.readouterr()  # transformers' own progress bars while saving the source
+    assert main(["convert", str(source), "--out", str(out), "--stream"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("spikelm: error: ")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in err, err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_cli_streams_and_refuses_what_needs_the_float_model(tmp_path: Path, capsys) -> None:
+    source = _source(tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    args = ["convert", str(source), "--out", str(out), "--stream", "--shard-size", "30KB"]
+    assert main(args) == 0
+    assert "streamed tensor by tensor" in capsys.readouterr().out
+    assert (out / INDEX).is_file() and spikelm.load(out) is not None
+    calib = tmp_path / "calib.txt"
+    calib.write_text("some text " * 20)
+    assert main([*args[:-2], "--overwrite", "--calib", str(calib)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stream converts from the weights alone: --calib" in err[0], err
+    assert main([*args[:-1], "lots"]) == 1
+    assert "expected a size like 500MB" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_a_full_disk_leaves_no_checkpoint(tmp_path: Path) -> None:
+    """Writing past a file-size limit (a full disk, as the writer sees it): one line, exit 1, no
+    output directory and no temporaries."""
+    source = _source(tmp_path)
+    out = tmp_path / "out"
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "spikelm", "convert", str(source), "--out", str(out), "--stream"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("spikelm: error: ")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and "cannot write spiking checkpoint" in errors[0], result.stderr
+    assert "File too large" in errors[0]
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_damaged_sharded_checkpoint_does_not_load(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    out = convert_streaming(source, tmp_path / "out", shard_bytes=30_000, progress=False)
+    shard = sorted(out.glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=f"{shard.name}: truncated safetensors file"):
+        spikelm.load(out)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"{shard.name}: weight shard listed in"):
+        spikelm.load(out)
