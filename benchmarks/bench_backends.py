@@ -84,6 +84,12 @@ class Report:
         print(line, flush=True)
         self.lines.append(line)
 
+    def save(self, path: Path | None) -> None:
+        """Write the report to ``path`` (when one is given)."""
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(self.lines) + "\n", encoding="utf-8")
+
 
 def loadavg() -> str:
     try:
@@ -760,9 +766,7 @@ def main() -> None:
             "layers only)"
         )
     report(f"# load average at end: {loadavg()}; wall {time.perf_counter() - wall:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+    report.save(args.out)
 
 
 if __name__ == "__main__":

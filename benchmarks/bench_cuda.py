@@ -334,9 +334,7 @@ def main() -> None:
             f"torch_events {yes(same['torch_events'])}, torch {yes(same['torch'])}"
         )
     report(f"# wall {time.perf_counter() - wall:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+    report.save(args.out)
 
 
 if __name__ == "__main__":

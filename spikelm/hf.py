@@ -54,7 +54,7 @@ from transformers.utils import logging as hf_logging
 
 from spikelm.adapters import adapter_for, transformers_model_types
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError
-from spikelm.fileio import check_safetensors_file, one_line
+from spikelm.fileio import one_line, tensor_files
 
 SINGLE_WEIGHTS = "model.safetensors"
 SHARDED_INDEX = "model.safetensors.index.json"
@@ -166,8 +166,7 @@ def check_checkpoint_dir(path: Path) -> None:
     complete and has a valid header.
     """
     check_config_file(path)
-    for weights in weight_files(path):
-        check_safetensors_file(weights)
+    weight_files(path)
 
 
 def check_config_file(path: Path) -> None:
@@ -306,26 +305,15 @@ def supported_model_types() -> tuple[str, ...]:
 
 
 def weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory: the single file, or every shard of the index."""
-    single = path / SINGLE_WEIGHTS
-    if single.is_file():
-        return [single]
-    index = path / SHARDED_INDEX
-    if not index.is_file():
+    """The safetensors files of a checkpoint directory, each checked complete: the single file,
+    or every shard of the index (which must name each shard's tensors and nothing else,
+    :func:`spikelm.fileio.tensor_files`)."""
+    if not (path / SINGLE_WEIGHTS).is_file() and not (path / SHARDED_INDEX).is_file():
         raise CheckpointError(
             f"{path}: no {SINGLE_WEIGHTS} or {SHARDED_INDEX} "
             "(only safetensors checkpoints are supported)"
         )
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid safetensors index: {one_line(exc)}") from exc
-    files = [path / shard for shard in shards]
-    for shard in files:
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: weight shard listed in {SHARDED_INDEX} is missing")
-    return files
+    return list(dict.fromkeys(tensor_files(path, SINGLE_WEIGHTS, SHARDED_INDEX).values()))
 
 
 def load_token_ids(path: str | Path, *, vocab_size: int | None = None) -> list[torch.Tensor]:

@@ -25,7 +25,15 @@ from safetensors import safe_open
 from torch import nn
 
 from spikelm.adapters import adapter_for
-from spikelm.checkpoint import SHARD_BYTES, ShardWriter, manifest_for, publish, staged_checkpoint
+from spikelm.checkpoint import (
+    INDEX,
+    SHARD_BYTES,
+    WEIGHTS,
+    ShardWriter,
+    manifest_for,
+    publish,
+    staged_checkpoint,
+)
 from spikelm.config import SpikeConfig
 from spikelm.convert import spiking_layer
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError, require_extra
@@ -67,7 +75,7 @@ def convert_streaming(
             "model first)"
         )
     model = meta_model(path)
-    files = tensor_files(path, "model.safetensors", "model.safetensors.index.json")
+    files = tensor_files(path, WEIGHTS, INDEX)  # the same names as a source checkpoint's
     adapter = adapter_for(model)
     if not adapter.streams:
         raise UnsupportedModelError(
