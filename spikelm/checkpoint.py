@@ -189,9 +189,9 @@ class ShardWriter:
         file = self.staging / f".shard-{len(self.written):05d}.safetensors"
         try:
             save_file(self.pending, str(file), metadata={"format": "pt"})
-        except Exception as error:  # safetensors raises its own error type for I/O failures
-            if isinstance(error, OSError):
-                raise
+        except OSError:
+            raise
+        except Exception as error:  # safetensors' own error type for a failed write
             raise OSError(one_line(error)) from error
         self.written.append((file, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0

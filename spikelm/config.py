@@ -20,6 +20,7 @@ RECIPE_SPIKE_COST = {"spikingbrain": 0.0, "spikelm": 0.3}
 
 
 LATER_FIELDS = ("recipe", "spike_weight", "spike_budget")
+"""Fields added after checkpoint version 2 (written only when set)."""
 FLOAT_FIELDS = (
     "k",
     "percentile",
@@ -30,7 +31,6 @@ FLOAT_FIELDS = (
     "spike_budget",
 )
 """Fields held as floats: an integer given for one is converted (torch refuses ints past int64)."""
-"""Fields added after checkpoint version 2 (written only when set)."""
 
 
 @dataclass(frozen=True)

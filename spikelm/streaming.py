@@ -17,12 +17,12 @@ renamed keys) are refused by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from tqdm.auto import tqdm
 
 from spikelm.adapters import adapter_for
 from spikelm.checkpoint import (
@@ -90,7 +90,8 @@ def convert_streaming(
     entries = {}
     with staged_checkpoint(out_dir) as staging:
         writer = ShardWriter(staging, shard_bytes)
-        for name in _tqdm(names, progress, "streaming"):
+        bar = tqdm(names, desc="streaming", unit="tensor", disable=None if progress else True)
+        for name in bar:
             layer_name, _, kind = name.rpartition(".")
             if layer_name in targets and kind == "weight":
                 linear = targets[layer_name]
@@ -168,12 +169,6 @@ def _read(files: dict[str, Path], name: str) -> torch.Tensor:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise CheckpointError(f"{file}: tensor {name} holds NaN or infinite values")
     return tensor
-
-
-def _tqdm(items: list[str], progress: bool, what: str) -> Iterator[str]:
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(items, desc=what, unit="tensor", disable=not progress))
 
 
 __all__ = ["convert_streaming"]
