@@ -25,7 +25,7 @@ from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.loss import next_token_nll
 from spikelm.observers import ActivationObserver
-from spikelm.targets import target_linears
+from spikelm.targets import check_targets, target_linears
 
 RECORD = "_spikelm_calibration"
 """The model attribute holding its :class:`Calibration` between ``prepare`` and ``convert``."""
@@ -66,11 +66,13 @@ def take_calibration(model: nn.Module) -> Calibration:
 def prepare(model: nn.Module, config: SpikeConfig) -> nn.Module:
     """Attach an observer to the input of every layer ``config`` converts; returns ``model``."""
     targets = target_linears(model, config)
-    if not targets:
-        raise ConfigError(
-            "no nn.Linear layer matches the include/keep_dense patterns "
-            f"(include={list(config.include)}, keep_dense={list(config.keep_dense)})"
-        )
+    check_targets(targets, config)
+    setattr(model, RECORD, observe(targets, config))
+    return model
+
+
+def observe(targets: dict[str, nn.Linear], config: SpikeConfig) -> Calibration:
+    """An observer on the input of each of ``targets`` (by qualified name), hooked in."""
     needs_sample = config.threshold != "dynamic" and config.rule == "percentile"
     rows = config.max_calib_rows if needs_sample else 0
     record = Calibration(config, {})
@@ -81,8 +83,7 @@ def prepare(model: nn.Module, config: SpikeConfig) -> nn.Module:
             _fisher_hook(observer) if config.fisher_power is not None else _observe_hook(observer)
         )
         record.hooks.append(linear.register_forward_pre_hook(hook))
-    setattr(model, RECORD, record)
-    return model
+    return record
 
 
 def _observe_hook(observer: ActivationObserver) -> Callable[[nn.Module, tuple], None]:

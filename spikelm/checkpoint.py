@@ -135,6 +135,15 @@ def manifest_for(
     }
 
 
+def source_metadata(source: str | os.PathLike[str] | None) -> dict[str, str]:
+    """The manifest metadata naming the converted model: a local path made absolute, a hub id
+    or a built-in name as given."""
+    if source is None:
+        return {}
+    path = Path(os.path.expanduser(source))
+    return {"source": str(path.resolve()) if path.exists() else str(source)}
+
+
 @contextlib.contextmanager
 def staged_checkpoint(directory: str | os.PathLike[str]) -> Iterator[Path]:
     """A staging directory published as ``directory`` when the block succeeds (nothing is left

@@ -213,13 +213,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _convert_streaming(args: argparse.Namespace, config) -> int:
     from spikelm.errors import ConfigError
+    from spikelm.outputs import check_output
     from spikelm.streaming import convert_streaming
+    from spikelm.workflow import calibration_windows, token_ids
 
     given = [
         option
         for option, value in (
-            ("--calib", args.calib),
-            ("--calib-ids", args.calib_ids),
             ("--eval", args.eval),
             ("--eval-ids", args.eval_ids),
             ("--allow-unused-weights", args.allow_unused_weights),
@@ -228,19 +228,36 @@ def _convert_streaming(args: argparse.Namespace, config) -> int:
     ]
     if given:
         raise ConfigError(
-            f"--stream converts from the weights alone: {', '.join(given)} needs the whole float "
-            "model in memory (convert without --stream, or evaluate the checkpoint afterwards "
-            "with spikelm report)"
+            f"--stream never holds the whole float model: {', '.join(given)} needs it in memory "
+            "(convert without --stream, or evaluate the checkpoint afterwards with spikelm report)"
         )
+    check_output(args.out, "checkpoint", overwrite=args.overwrite, sources=[args.src])
+    calibration = None
+    if args.calib or args.calib_ids:
+        from spikelm.hf import load_tokenizer, meta_model
+
+        src = os.path.expanduser(args.src)
+        vocab = meta_model(src).config.vocab_size  # checks that src is a model directory
+        ids = token_ids(
+            load_tokenizer(src) if args.calib else None,
+            text_file=args.calib,
+            ids_file=args.calib_ids,
+            source=args.src,
+            what="calib",
+            vocab_size=vocab,
+        )
+        calibration = calibration_windows(ids, args.seq_len, args.calib_windows)
     out = convert_streaming(
         args.src,
         args.out,
         config,
+        calibration=calibration,
         shard_bytes=args.shard_size,
         overwrite=args.overwrite,
         keep_dense_patterns=tuple(args.keep_dense or ()),
     )
-    print(f"spiking checkpoint written to {out} (streamed tensor by tensor, layers not fused)")
+    how = "block by block with calibration" if calibration else "tensor by tensor"
+    print(f"spiking checkpoint written to {out} (streamed {how}, layers not fused)")
     return 0
 
 
@@ -379,6 +396,59 @@ def _report_text(result, form: str) -> str:
     return to_table(result)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from spikelm.harness.evaluate import evaluate
+    from spikelm.outputs import check_output
+
+    check_output(args.out, "eval", overwrite=args.overwrite, sources=[args.ckpt])
+    baselines = [] if args.baseline == "none" else [b for b in args.baseline.split(",") if b]
+    result = evaluate(
+        args.ckpt,
+        [t for t in args.tasks.split(",") if t],
+        include_path=args.include_path,
+        limit=args.limit,
+        baselines=baselines,
+        source=args.source,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(_eval_table(result))
+    import json
+
+    from spikelm.fileio import atomic_file
+
+    with atomic_file(args.out) as staging:
+        staging.write_text(json.dumps(result.to_data(), indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _eval_table(result) -> str:
+    """One line per (task, metric): each model's score, the spiking score's standard error (as
+    lm-eval computes it), spiking minus ANN, spikes per channel."""
+    names = {"ann": "ANN", "w8a8": "W8A8", "spiking": "spiking"}
+    width = max([24, *(len(r.task) for r in result.rows)])
+    header = f"{'task':<{width}} {'metric':<16}" + "".join(
+        f" {names[m]:>10}" for m in result.models
+    ) + f" {'± se':>7} {'delta':>18} {'spk/ch':>7}"  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for row in result.rows:
+        cells = "".join(f" {row.scores.get(m, float('nan')):>10.4f}" for m in result.models)
+        delta = "-" if row.delta is None else f"{row.delta:+.4f}"
+        if row.delta is not None and row.scores.get("ann"):
+            delta += f" ({100 * row.delta / abs(row.scores['ann']):+.1f}%)"
+        spikes = "-" if row.spikes_per_channel is None else f"{row.spikes_per_channel:.3f}"
+        error = row.stderr.get("spiking")
+        error = "-" if error is None else f"{error:.4f}"
+        lines.append(
+            f"{row.task:<{width}} {row.metric:<16}{cells} {error:>7} {delta:>18} {spikes:>7}"
+        )
+    limit = f", first {result.limit:g} documents per task" if result.limit else ""
+    lines.append(f"backend {result.backend}{limit}; baselines from {result.source or '-'}")
+    return "\n".join(lines)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import spikelm
     from spikelm.outputs import check_output
@@ -509,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream",
         action="store_true",
         help="convert a local safetensors checkpoint tensor by tensor (memory: one tensor and one "
-        "output shard, not the model; dynamic thresholds only; layers not fused)",
+        "output shard, not the model; with --calib, calibrated block by block: one block and the "
+        "calibration activations; layers not fused)",
     )
     convert.add_argument(
         "--shard-size",
@@ -605,6 +676,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="FILE", help="write the report here (default: stdout)")
     report.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     report.set_defaults(handler=_cmd_report)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="lm-evaluation-harness tasks on a spiking checkpoint beside its ANN and W8A8",
+        description="Runs lm-eval tasks on the spiking checkpoint and on baselines rebuilt from "
+        "the model it was converted from; prints one table and writes JSON. Offline tasks: "
+        "spikelm_choice, spikelm_text (the demo model's held-out text).",
+    )
+    evaluation.add_argument("ckpt", metavar="CKPT", help="spiking checkpoint directory")
+    evaluation.add_argument("--tasks", required=True, metavar="LIST",
+                            help="comma-separated lm-eval task or group names")  # fmt: skip
+    evaluation.add_argument("--include-path", metavar="DIR",
+                            help="a directory of your own lm-eval task files")  # fmt: skip
+    evaluation.add_argument("--limit", type=float, default=None, metavar="N",
+                            help="first N documents per task (a fraction if below 1)")  # fmt: skip
+    evaluation.add_argument("--baseline", default="ann,w8a8", metavar="LIST",
+                            help="baselines beside the spiking model: ann, w8a8, or none "
+                            "(default ann,w8a8)")  # fmt: skip
+    evaluation.add_argument("--source", metavar="SRC",
+                            help="the model the checkpoint was converted from (default: the one "
+                            "its manifest records)")  # fmt: skip
+    evaluation.add_argument("--backend", default="auto", help="spiking backend (default auto)")
+    evaluation.add_argument("--batch-size", type=_count(1), default=8, metavar="N")
+    evaluation.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluation.add_argument("--out", default="spikelm-eval.json", metavar="FILE.json",
+                            help="write the results here (default spikelm-eval.json)")  # fmt: skip
+    evaluation.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    evaluation.set_defaults(handler=_cmd_eval)
 
     export = commands.add_parser("export", help="export a spiking checkpoint to ONNX or NIR")
     export.add_argument("ckpt", metavar="CKPT", help="spiking checkpoint directory")

@@ -212,12 +212,13 @@ def model_from_config(
 
 
 def meta_model(path: str | Path) -> PreTrainedModel:
-    """The causal LM of ``path/config.json`` on the ``meta`` device: names and shapes, no memory."""
+    """The causal LM of ``path/config.json`` on the ``meta`` device, in eval mode: names, shapes
+    and dtypes (float32, as :func:`load_causal_lm` builds it), no memory."""
     path = Path(path)
     check_config_file(path)
     config = _load_config(str(path), False)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def load_tokenizer(

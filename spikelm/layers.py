@@ -212,10 +212,15 @@ def probed(
 
 
 @contextlib.contextmanager
-def collect_stats(model: nn.Module) -> Iterator[dict[str, SpikeStats]]:
-    """Firing statistics of every ``SpikingLinear`` in ``model`` while the block runs."""
+def collect_stats(
+    model: nn.Module, stats: dict[str, SpikeStats] | None = None
+) -> Iterator[dict[str, SpikeStats]]:
+    """Firing statistics of every ``SpikingLinear`` in ``model`` while the block runs, added to
+    ``stats`` when given (a running total over several blocks)."""
     layers = spiking_layers(model)
-    stats = {name: SpikeStats(steps=layer.steps) for name, layer in layers.items()}
+    stats = {} if stats is None else stats
+    for name, layer in layers.items():
+        stats.setdefault(name, SpikeStats(steps=layer.steps))
     probes = {name: _stats_probe(stats[name]) for name in layers}
     with probed(layers, probes):
         yield stats

@@ -23,6 +23,8 @@ PLOT_MARKER = b"spikelm raster"
 """Written into every plot's metadata (PNG text chunk), so a later run can tell it is spikelm's."""
 REPORT_MARKER = b"spikelm report"
 """The generator named at the top of every report file (JSON, Markdown, HTML)."""
+EVAL_MARKER = b'"generator": "spikelm eval"'
+"""The first key of every ``spikelm eval`` results file."""
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -67,6 +69,7 @@ KINDS: dict[str, tuple[str, bool, Callable[[Path], bool]]] = {
     "recording": ("a spike recording", False, _is_recording),
     "plot": ("a spikelm plot", False, _marked(PLOT_MARKER)),
     "report": ("a spikelm report", False, _marked(REPORT_MARKER)),
+    "eval": ("a spikelm eval result", False, _marked(EVAL_MARKER)),
     "onnx": ("a spikelm ONNX export", False, _marked(b"spikelm")),
     "nir": ("a spikelm NIR export", False, _marked(b"spikelm-nir", window=1 << 20)),
 }

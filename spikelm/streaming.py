@@ -8,15 +8,23 @@ quantized form and the shard being filled, whatever the model's size. Tensors th
 (embeddings, norms, the output head) are copied in their source dtype: the loader widens them
 into the float32 model exactly as a float32 load would.
 
-The output is the checkpoint :func:`spikelm.checkpoint.save` writes for the same weights with
-``fuse=False`` (same tensors and values), sharded when larger than ``shard_bytes``. Families whose
-stored tensors are not the inference weights as the model holds them (load-time fix-ups or
-renamed keys) are refused by name.
+Calibrated thresholds (static rules, ``smooth_alpha``) go block by block
+(:mod:`spikelm.blockwise`): the calibration batches pass through one decoder block at a time,
+each block loaded in float32 when the writer reaches its first layer and freed when it moves on,
+so memory holds one block and the calibration activations. ``fisher_power`` (gradients of the
+whole model's loss) and the ``spikelm`` recipe (learned against the whole model's logits) are
+refused.
+
+The output is the checkpoint :func:`spikelm.checkpoint.save` writes for the same weights and
+calibration batches with ``fuse=False`` (same tensors and values), sharded when larger than
+``shard_bytes``. Families whose stored tensors are not the inference weights as the model holds
+them (load-time fix-ups or renamed keys) are refused by name.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spikelm.adapters import adapter_for
+from spikelm.blockwise import BlockwiseCalibration
 from spikelm.checkpoint import (
     INDEX,
     SHARD_BYTES,
@@ -32,6 +41,7 @@ from spikelm.checkpoint import (
     ShardWriter,
     manifest_for,
     publish,
+    source_metadata,
     staged_checkpoint,
 )
 from spikelm.config import SpikeConfig
@@ -39,7 +49,7 @@ from spikelm.convert import spiking_layer
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError, require_extra
 from spikelm.fileio import one_line, tensor_files
 from spikelm.outputs import check_output
-from spikelm.targets import check_patterns, target_linears
+from spikelm.targets import check_patterns, check_targets, target_linears
 
 
 def convert_streaming(
@@ -47,6 +57,7 @@ def convert_streaming(
     out_dir: str | os.PathLike[str],
     config: SpikeConfig | None = None,
     *,
+    calibration: Sequence[torch.Tensor] | None = None,
     shard_bytes: int = SHARD_BYTES,
     overwrite: bool = False,
     progress: bool = True,
@@ -54,8 +65,9 @@ def convert_streaming(
 ) -> Path:
     """Convert the local Hugging Face checkpoint ``source`` to ``out_dir`` tensor by tensor.
 
-    Only conversions without calibration data (``config.needs_calibration`` false: SpikingBrain's
-    dynamic rule) stream. Returns the checkpoint directory, written atomically.
+    ``calibration``: token-id batches ``[B, L]`` for a config that needs them (calibrated
+    thresholds, ``smooth_alpha``), run through the model block by block; none for SpikingBrain's
+    dynamic rule. Returns the checkpoint directory, written atomically.
     """
     require_extra("hf", "transformers", f"{source}: streaming conversion")
     from spikelm.hf import load_tokenizer, meta_model, supported_model_types
@@ -63,12 +75,7 @@ def convert_streaming(
     config = config or SpikeConfig()
     path = Path(os.path.expanduser(source))
     check_output(out_dir, "checkpoint", overwrite=overwrite, sources=[path])
-    if config.needs_calibration:
-        raise ConfigError(
-            "streaming conversion needs no calibration data, so it supports the dynamic "
-            "threshold rule only (SpikingBrain's recipe, no smooth_alpha or fisher_power); "
-            "convert without streaming for calibrated thresholds"
-        )
+    _check_calibration(config, calibration)
     if not path.is_dir():
         raise CheckpointError(
             f"{path}: no such model directory (streaming reads a local checkpoint; download a hub "
@@ -85,18 +92,28 @@ def convert_streaming(
         )
     check_patterns(model, keep_dense_patterns, "--keep-dense")
     targets = target_linears(model, config)
-    names = _stored_names(model, files, path)
+    check_targets(targets, config)
+    sources = _stored_sources(model, files, path)
+    blocks = None
+    if calibration is not None:
+        blocks = BlockwiseCalibration(
+            model, adapter, config, list(targets), calibration, lambda n: _read(files, sources[n])
+        )
     tokenizer = load_tokenizer(path)
     entries = {}
     with staged_checkpoint(out_dir) as staging:
         writer = ShardWriter(staging, shard_bytes)
+        names = list(dict.fromkeys(sources.values()))
         bar = tqdm(names, desc="streaming", unit="tensor", disable=None if progress else True)
         for name in bar:
             layer_name, _, kind = name.rpartition(".")
             if layer_name in targets and kind == "weight":
                 linear = targets[layer_name]
                 bias = f"{layer_name}.bias" if linear.bias is not None else None
-                layer = spiking_layer(_linear(files, name, bias), config, layer_name)
+                float_layer, observer = (
+                    blocks.layer(layer_name) if blocks else (_linear(files, name, bias), None)
+                )
+                layer = spiking_layer(float_layer, config, layer_name, observer)
                 for key, tensor in layer.state_dict().items():
                     writer.add(f"{layer_name}.{key}", tensor)
                 entries[layer_name] = {
@@ -106,7 +123,10 @@ def convert_streaming(
                 }
             elif not (layer_name in targets and kind == "bias"):
                 writer.add(name, _read(files, name))
-        manifest = manifest_for(config, adapter, entries, {}, sharded=writer.finish())
+        manifest = manifest_for(
+            config, adapter, entries, {}, sharded=writer.finish(),
+            metadata=source_metadata(source),
+        )  # fmt: skip
         publish(staging, manifest, lambda d: adapter.save_config(model, d), tokenizer)
     return Path(out_dir)
 
@@ -117,9 +137,34 @@ def _streaming_types(model_types: tuple[str, ...]) -> list[str]:
     return [t for t in model_types if adapter_for_type(t, t).streams]
 
 
-def _stored_names(model: nn.Module, files: dict[str, Path], path: Path) -> list[str]:
-    """The model's tensor names in state-dict order, one name per tied group (the one the source
-    holds); every one must be stored, and the source may hold nothing else."""
+def _check_calibration(config: SpikeConfig, calibration: Sequence[torch.Tensor] | None) -> None:
+    """Calibration data exactly when the config needs it, for a rule that works block by block."""
+    whole = None
+    if config.fisher_power is not None:
+        whole = "fisher_power needs the gradients of the whole model's next-token loss"
+    elif config.recipe == "spikelm":
+        whole = "recipe=spikelm learns its thresholds against the whole model's logits"
+    if whole:
+        raise ConfigError(
+            f"streaming calibrates one block at a time, and {whole}; convert without --stream"
+        )
+    if config.needs_calibration and calibration is None:
+        raise ConfigError(
+            f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} need calibration "
+            "data: pass --calib FILE or --calib-ids FILE"
+        )
+    if calibration is not None and not config.needs_calibration:
+        raise ConfigError(
+            "the dynamic threshold rule uses no calibration data: drop --calib/--calib-ids, or "
+            "choose calibrated thresholds (--threshold static_tensor or static_channel, "
+            "--smooth-alpha)"
+        )
+
+
+def _stored_sources(model: nn.Module, files: dict[str, Path], path: Path) -> dict[str, str]:
+    """Each of the model's state-dict names (in order) and the stored name it reads, the same for
+    a tied group (the one the source holds); every group must be stored, and the source may hold
+    nothing else."""
     tied: dict[int, list[str]] = {}
     for name, tensor in [
         *model.named_parameters(remove_duplicate=False),
@@ -127,11 +172,10 @@ def _stored_names(model: nn.Module, files: dict[str, Path], path: Path) -> list[
     ]:
         tied.setdefault(id(tensor), []).append(name)
     group_of = {name: names for names in tied.values() for name in names}
-    names, seen = [], set()
+    sources: dict[str, str] = {}
+    seen: set[str] = set()
     for name in model.state_dict():
         group = group_of.get(name, [name])
-        if seen.intersection(group):
-            continue
         seen.update(group)
         stored = [n for n in group if n in files]
         if not stored:
@@ -139,12 +183,12 @@ def _stored_names(model: nn.Module, files: dict[str, Path], path: Path) -> list[
                 f"{path}: tensor {name} of the model is not in the checkpoint (a family that "
                 "renames its tensors when it loads cannot stream; convert without streaming)"
             )
-        names.append(stored[0])
+        sources[name] = stored[0]
     unused = sorted(set(files) - seen)
     if unused:
         more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
         raise CheckpointError(f"{path}: tensor {unused[0]} is not used by the model{more}")
-    return names
+    return sources
 
 
 def _linear(files: dict[str, Path], weight: str, bias: str | None) -> nn.Linear:

@@ -30,6 +30,15 @@ def target_linears(model: nn.Module, config: SpikeConfig) -> dict[str, nn.Linear
     }
 
 
+def check_targets(targets: dict[str, nn.Linear], config: SpikeConfig) -> None:
+    """Raise :class:`ConfigError` when ``config``'s patterns leave no layer to convert."""
+    if not targets:
+        raise ConfigError(
+            "no nn.Linear layer matches the include/keep_dense patterns "
+            f"(include={list(config.include)}, keep_dense={list(config.keep_dense)})"
+        )
+
+
 def select_layers(layers: dict[str, nn.Module], patterns: Iterable[str], option: str) -> dict:
     """The entries of ``layers`` whose names match one of ``patterns`` (a fused layer also by
     its members' names, :func:`spikelm.fusion.member_names`); :class:`ConfigError` naming

@@ -18,7 +18,7 @@ from torch import nn
 
 from spikelm.adapters import TransformersAdapter, adapter_for_type
 from spikelm.calibrate import prepare
-from spikelm.checkpoint import save
+from spikelm.checkpoint import save, source_metadata
 from spikelm.config import SpikeConfig
 from spikelm.convert import convert, spiking, w8a8
 from spikelm.errors import ConfigError, SpikelmError, require_extra
@@ -110,6 +110,7 @@ def convert_model(
     source: str | os.PathLike[str] | None = None,
     patterns: dict[str, Sequence[str]] | None = None,
     fuse: bool = True,
+    origin: str | None = None,
 ) -> ConversionResult:
     """Calibrate and convert ``model``; score it against the ANN and W8A8 if ``eval_ids``; save.
 
@@ -117,13 +118,14 @@ def convert_model(
     ``source``), checked before any work. ``patterns`` maps an option name to user-given layer
     patterns, each of which must match one of the model's linear layers. ``fuse``: fuse layers
     that share an input (:mod:`spikelm.fusion`), found on the calibration windows or, without
-    calibration data, on a short traced forward.
+    calibration data, on a short traced forward. ``origin`` (default ``source``) is recorded in
+    the manifest as the model converted (``spikelm eval`` rebuilds its baselines from it).
     """
     sources = [] if source is None else [source]
     check_output(out_dir, "checkpoint", overwrite=overwrite, sources=sources)
     for option, given in (patterns or {}).items():
         check_patterns(model, given, option)
-    calib = _windows(calib_ids, seq_len, calib_windows, "calibration", batch_size=1)
+    calib = calibration_windows(calib_ids, seq_len, calib_windows)
     if calib is None and config.needs_calibration:
         raise ConfigError(
             f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} / "
@@ -144,7 +146,10 @@ def convert_model(
         )
         if calib is None:  # no calibration run measured it (spiking() does when there is one)
             warn_saturation(scores[-1].layer_stats or {}, "on the evaluation data")
-    target = save(spiking_model, out_dir, tokenizer=tokenizer, overwrite=overwrite, sources=sources)
+    target = save(
+        spiking_model, out_dir, tokenizer=tokenizer, overwrite=overwrite, sources=sources,
+        metadata=source_metadata(origin or source),
+    )  # fmt: skip
     return ConversionResult(
         target,
         config,
@@ -152,6 +157,14 @@ def convert_model(
         eval_tokens=sum(b.numel() for b in evaluation or []),
         calib_tokens=sum(b.numel() for b in calib or []),
     )
+
+
+def calibration_windows(
+    ids: torch.Tensor | None, seq_len: int, max_windows: int
+) -> list[torch.Tensor] | None:
+    """The calibration batches of 1-D token ids: windows of ``seq_len`` tokens, one per batch,
+    at most ``max_windows``; ``None`` without ids."""
+    return _windows(ids, seq_len, max_windows, "calibration", batch_size=1)
 
 
 def _windows(
@@ -177,6 +190,7 @@ def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> Conversio
     Replaces its own earlier output (a spiking checkpoint), so the quick start can run twice.
     """
     from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts
+    from spikelm.models.demo import DEMO_SOURCE
 
     tokenizer = ByteTokenizer()
     calib_text, eval_text = load_demo_texts()
@@ -189,6 +203,7 @@ def demo(out_dir: str | os.PathLike[str], *, progress: bool = True) -> Conversio
         eval_ids=torch.tensor(tokenizer.encode(eval_text)),
         progress=progress,
         overwrite=True,
+        origin=DEMO_SOURCE,
     )
 
 

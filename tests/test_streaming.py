@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import torch
 
 pytest.importorskip("transformers")
 import hf_tiny  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 import spikelm  # noqa: E402
 from spikelm.checkpoint import INDEX, SHARDED_VERSION, VERSION  # noqa: E402
@@ -25,13 +27,18 @@ from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError  
 from spikelm.hf import load_causal_lm  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
 from spikelm.streaming import convert_streaming  # noqa: E402
+from spikelm.workflow import calibration_windows  # noqa: E402
 
 IDS = torch.randint(4, hf_tiny.VOCAB_SIZE, (1, 12), generator=torch.Generator().manual_seed(0))
 
 
-def _source(root: Path, family: str = "llama", shard: str = "20KB") -> Path:
-    """A tiny ``family`` checkpoint saved in bf16, sharded, with its tokenizer."""
-    model, _ = hf_tiny.build_tiny(family, 0)
+def _source(root: Path, family: str = "llama", shard: str = "20KB", **changes: object) -> Path:
+    """A tiny ``family`` checkpoint (its config's fields ``changes`` set) saved in bf16, sharded,
+    with its tokenizer."""
+    config = hf_tiny.tiny_config(family)
+    config.update(changes)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out = root / f"{family}-src"
     model.to(torch.bfloat16).save_pretrained(out, max_shard_size=shard)
     hf_tiny.build_tokenizer().save_pretrained(out)
@@ -58,10 +65,15 @@ def test_streaming_gives_the_in_memory_conversion(family: str, tmp_path: Path) -
     in_memory = spikelm.save(
         spikelm.convert(spikelm.prepare(ann, config), fuse=False), tmp_path / "in-memory"
     )
+    _assert_same_spiking_model(streamed, in_memory)
+
+
+def _assert_same_spiking_model(streamed: Path, in_memory: Path) -> None:
+    """The same tensors, logits and spikes, bit for bit."""
     a, b = spikelm.load(streamed), spikelm.load(in_memory)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
     with torch.no_grad():
         assert torch.equal(a(IDS).logits, b(IDS).logits)
     runs = [simulate(m, IDS[0], new_tokens=4, backend="reference", progress=False) for m in (a, b)]
@@ -70,6 +82,62 @@ def test_streaming_gives_the_in_memory_conversion(family: str, tmp_path: Path) -
         runs[0].layer_stats[n].events == runs[1].layer_stats[n].events for n in runs[1].layer_stats
     )
     assert runs[0].stats.events == runs[1].stats.events > 0
+
+
+CALIBRATED = [
+    ("llama", {}, {"threshold": "static_channel", "rule": "percentile", "smooth_alpha": 0.5}),
+    # sliding-window layers: the blocks get different masks, so each block's own are recorded
+    (
+        "qwen2",
+        {
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "layer_types": ["full_attention", "sliding_attention"],
+        },
+        {"threshold": "static_tensor"},
+    ),
+    ("mamba2", {}, {"threshold": "static_tensor", "rule": "max", "smooth_alpha": 0.0}),
+    ("recurrent_gemma", {}, {"threshold": "static_channel"}),  # rotary buffers in a block
+]
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")  # in-memory only
+@pytest.mark.parametrize("family, changes, fields", CALIBRATED, ids=[c[0] for c in CALIBRATED])
+def test_calibrated_streaming_gives_the_in_memory_conversion(
+    family: str, changes: dict, fields: dict, tmp_path: Path
+) -> None:
+    """Block-by-block calibration sees the activations the in-memory calibration forward sees
+    (same batches, same order, same operations on the same float32 inputs), so thresholds,
+    divisors, tensors, logits and spikes are equal bit for bit."""
+    source = _source(tmp_path, family, **changes)
+    config = spikelm.SpikeConfig(**fields)
+    ids = torch.randint(4, hf_tiny.VOCAB_SIZE, (200,), generator=torch.Generator().manual_seed(1))
+    batches = [w.repeat(2, 1) for w in calibration_windows(ids, 32, 5)]  # [2, 32] each
+    streamed = convert_streaming(
+        source, tmp_path / "streamed", config, calibration=batches, progress=False
+    )
+    ann, _ = load_causal_lm(source)
+    spiking = spikelm.spiking(ann, config, batches, fuse=False, progress=False)
+    _assert_same_spiking_model(streamed, spikelm.save(spiking, tmp_path / "in-memory"))
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
+def test_cli_calibrated_stream_matches_the_in_memory_cli(tmp_path: Path, capsys) -> None:
+    """``convert --stream --calib TEXT`` and ``convert --no-fuse --calib TEXT``: one checkpoint
+    (qwen2: tied embeddings, q/k/v biases)."""
+    source = _source(tmp_path, "qwen2")
+    text = tmp_path / "calib.txt"
+    text.write_text("Calibration text, tokenized by the checkpoint's own tokenizer. " * 12)
+    common = ["--calib", str(text), "--seq-len", "64", "--calib-windows", "6",
+              "--threshold", "static_tensor", "--rule", "percentile"]  # fmt: skip
+    capsys.readouterr()
+    assert main(["convert", str(source), "--out", str(tmp_path / "s"), "--stream", *common]) == 0
+    assert "streamed block by block with calibration" in capsys.readouterr().out
+    assert main(["convert", str(source), "--out", str(tmp_path / "m"), "--no-fuse", *common]) == 0
+    _assert_same_spiking_model(tmp_path / "s", tmp_path / "m")
+    for out in ("s", "m"):  # both record the model converted, for spikelm eval's baselines
+        manifest = json.loads((tmp_path / out / "spikelm.json").read_text())
+        assert manifest["metadata"]["source"] == str(source.resolve())
 
 
 def test_a_small_model_streams_into_one_file(tmp_path: Path) -> None:
@@ -137,6 +205,59 @@ def test_peak_memory_follows_a_tensor_not_the_model(tmp_path: Path) -> None:
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 2
 
 
+def test_peak_memory_of_calibration_follows_a_block_not_the_model(tmp_path: Path) -> None:
+    """A 12-block Llama (150M parameters, 600 MB in float32, 50 MB per block) converts with
+    calibrated thresholds (percentile reservoirs, outlier migration; 8 windows of 128 tokens) in
+    a subprocess whose peak RSS grows by less than four blocks' float32 size.
+
+    glibc serves the 4-12 MB tensors of this scaled-down block from its heap and keeps what is
+    freed there for reuse (the peak is then about 265 MB, the same for 8 and 12 blocks); a fixed
+    mmap threshold makes RSS follow what the conversion holds. A 7B block's tensors are above
+    glibc's largest threshold anyway (benchmarks/bench_convert_large.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    )
+    source = tmp_path / "src"
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(source, max_shard_size="30MB")
+    block_mib = (4 * 1024 * 1024 + 3 * 1024 * 2816) * 4 / 2**20
+    script = textwrap.dedent(
+        f"""
+        import resource, torch, spikelm
+        from spikelm.streaming import convert_streaming
+        from spikelm.hf import meta_model
+        meta_model({str(source)!r})  # the libraries and their caches, before the baseline
+        ids = torch.randint(0, 256, (8, 128), generator=torch.Generator().manual_seed(0))
+        config = spikelm.SpikeConfig(threshold="static_tensor", rule="percentile",
+                                     smooth_alpha=0.5)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        convert_streaming({str(source)!r}, {str(tmp_path / "out")!r}, config,
+                          calibration=list(ids.split(1)), shard_bytes=16 << 20, progress=False)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+    )
+    growth_mib = float(result.stdout.strip().splitlines()[-1])
+    assert growth_mib < 4 * block_mib, (growth_mib, block_mib)
+    manifest = json.loads((tmp_path / "out" / "spikelm.json").read_text())
+    assert (
+        manifest["spike_config"]["threshold"] == "static_tensor" and len(manifest["layers"]) == 84
+    )
+
+
 @pytest.mark.parametrize(
     "family, match",
     [
@@ -151,11 +272,64 @@ def test_families_that_change_on_load_are_refused(family: str, match: str, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_calibrated_thresholds_are_refused(tmp_path: Path) -> None:
+def _ids_file(root: Path, ids: list[int]) -> str:
+    path = root / "ids.txt"
+    path.write_text(" ".join(map(str, ids)) + "\n")
+    return str(path)
+
+
+BAD_CALIBRATION = [
+    (["--threshold", "static_tensor"], "need calibration data: pass --calib FILE"),
+    (["--calib-ids", "IDS"], "the dynamic threshold rule uses no calibration data"),
+    (["--threshold", "static_tensor", "--calib-ids", "EMPTY"], "no token ids in file"),
+    (["--threshold", "static_tensor", "--calib-ids", "IDS", "--seq-len", "512"],
+     "the calibration set is empty: it needs at least 512 tokens (got 300)"),
+    (["--threshold", "static_tensor", "--calib-ids", "BIG"], "token id 999 outside [0, 320)"),
+    (["--threshold", "static_tensor", "--fisher-power", "0.5", "--calib-ids", "IDS"],
+     "streaming calibrates one block at a time, and fisher_power needs the gradients"),
+    (["--recipe", "spikelm", "--calib-ids", "IDS"],
+     "and recipe=spikelm learns its thresholds against the whole model's logits"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, message", BAD_CALIBRATION)
+def test_bad_calibration_is_one_line_and_writes_nothing(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
     source = _source(tmp_path)
-    with pytest.raises(ConfigError, match="dynamic threshold rule only"):
+    files = {
+        "IDS": _ids_file(tmp_path, list(range(4, 304))),
+        "EMPTY": str(tmp_path / "empty.txt"),
+        "BIG": str(tmp_path / "big.txt"),
+    }
+    Path(files["EMPTY"]).write_text("\n")
+    Path(files["BIG"]).write_text("5 999 7\n")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["convert", str(source), "--out", str(out), "--stream",
+                 *(files.get(a, a) for a in args)]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("spikelm: error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "batches, message",
+    [
+        ([], "the calibration set is empty"),
+        (
+            [torch.zeros(1, 8)],
+            "calibration batch 0: expected token ids [batch, length] in [0, 320)",
+        ),
+        ([torch.ones(1, 8, dtype=torch.long), torch.arange(8)], "calibration batch 1: expected"),
+    ],
+)
+def test_bad_calibration_batches_are_refused(batches: list, message: str, tmp_path: Path) -> None:
+    config = spikelm.SpikeConfig(threshold="static_tensor")
+    with pytest.raises(ConfigError, match=re.escape(message)):
         convert_streaming(
-            source, tmp_path / "out", spikelm.SpikeConfig(threshold="static_tensor"), progress=False
+            _source(tmp_path), tmp_path / "out", config, calibration=batches, progress=False
         )
     assert not (tmp_path / "out").exists()
 
@@ -219,11 +393,11 @@ def test_cli_streams_and_refuses_what_needs_the_float_model(tmp_path: Path, caps
     assert main(args) == 0
     assert "streamed tensor by tensor" in capsys.readouterr().out
     assert (out / INDEX).is_file() and spikelm.load(out) is not None
-    calib = tmp_path / "calib.txt"
-    calib.write_text("some text " * 20)
-    assert main([*args[:-2], "--overwrite", "--calib", str(calib)]) == 1
+    text = tmp_path / "eval.txt"
+    text.write_text("some text " * 20)
+    assert main([*args[:-2], "--overwrite", "--eval", str(text)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--stream converts from the weights alone: --calib" in err[0], err
+    assert len(err) == 1 and "--stream never holds the whole float model: --eval" in err[0], err
     assert main([*args[:-1], "lots"]) == 1
     assert "expected a size like 500MB" in capsys.readouterr().err
 

@@ -94,6 +94,18 @@ class Adapter:
         """Keyword arguments of a calibration forward ``model(ids, **kwargs)``."""
         return {}
 
+    def blocks(self, model: nn.Module) -> nn.ModuleList | None:
+        """The model's decoder blocks in forward order, for block-by-block calibration: each is
+        called by the model with the hidden states as its first argument and returns the next
+        hidden states, and every other argument is computed before the first block runs.
+        ``None`` where the family has no such list."""
+        return None
+
+    def compute_buffers(self, model: nn.Module, module: nn.Module) -> None:
+        """Fill ``module``'s non-persistent buffers (allocated but not written, after building on
+        the ``meta`` device) as the model's constructor computes them (rotary frequencies)."""
+        raise ConfigError(f"{type(module).__name__}: no known way to compute its buffers")
+
     def logits(self, model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The parallel forward's logits ``[B, L, V]`` of token ids ``[B, L]``."""
         out = model(ids, **kwargs)

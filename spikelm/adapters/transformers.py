@@ -64,6 +64,17 @@ class TransformersAdapter(Adapter):
             kwargs["logits_to_keep"] = 1
         return kwargs
 
+    def blocks(self, model: nn.Module) -> nn.ModuleList | None:
+        """The base model's ``layers`` (``model.layers``, ``backbone.layers``)."""
+        layers = getattr(model.base_model, "layers", None)
+        return layers if isinstance(layers, nn.ModuleList) else None
+
+    def compute_buffers(self, model: nn.Module, module: nn.Module) -> None:
+        """transformers' own ``_init_weights``, as ``from_pretrained`` runs it on what it built on
+        the ``meta`` device (it initialises the module's parameters too: load them after)."""
+        with torch.no_grad():
+            model._init_weights(module)
+
     # --- stepping -----------------------------------------------------------------------------
 
     def init_state(self, model: nn.Module, batch: int = 1) -> State:

@@ -12,6 +12,9 @@ from pathlib import Path
 from spikelm.errors import SpikelmError
 from spikelm.models.hybrid import HybridLM
 
+DEMO_SOURCE = "spikelm:demo"
+"""The source a conversion of the demo model records in its checkpoint's manifest."""
+
 
 def demo_dir() -> Path:
     """Directory of the shipped demo files (``config.json``, ``model.safetensors``, texts)."""
