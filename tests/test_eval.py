@@ -213,6 +213,9 @@ def test_bad_input_gets_one_line_errors(demo_ckpt, llama, tmp_path, capsys):
     assert "unknown baseline 'fp16'" in _cli_error(
         ["eval", str(demo_ckpt), "--tasks", "spikelm_choice", "--baseline", "fp16", *out], capsys
     )
+    assert "--limit must be a positive" in _cli_error(
+        ["eval", str(demo_ckpt), "--tasks", "spikelm_choice", "--limit", "0", *out], capsys
+    )
     assert "no such directory" in _cli_error(
         ["eval", str(demo_ckpt), "--tasks", "spikelm_choice", "--include-path",
          str(tmp_path / "missing"), *out], capsys,

@@ -107,6 +107,8 @@ def evaluate(
         raise ConfigError(f"unknown baseline {unknown[0]!r} (known: {', '.join(BASELINES)})")
     if not tasks:
         raise ConfigError("no tasks given")
+    if limit is not None and not (0 < limit < float("inf")):
+        raise ConfigError(f"--limit must be a positive number of documents, got {limit:g}")
     resolve_device(device)  # refuses cuda without a GPU
     manifest = read_manifest(checkpoint)  # a one-line error for anything but a checkpoint
     manager = _task_manager(include_path, tasks)
