@@ -168,9 +168,9 @@ def test_the_writer_holds_one_shard_or_one_tensor(tmp_path: Path, monkeypatch) -
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 3
 
 
-def test_peak_memory_follows_a_tensor_not_the_model(tmp_path: Path) -> None:
-    """A 50M-parameter Llama (100 MB in bf16, 200 MB in float32) converts in a subprocess whose
-    peak RSS grows by well under the model's float32 size over the libraries' own."""
+def _bf16_llama(directory: Path, layers: int) -> Path:
+    """A random 1024-wide Llama (MLP 2816, 8 heads) of ``layers`` blocks, saved in 30 MB bf16
+    shards."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -178,12 +178,18 @@ def test_peak_memory_follows_a_tensor_not_the_model(tmp_path: Path) -> None:
         vocab_size=256,
         hidden_size=1024,
         intermediate_size=2816,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=8,
         num_key_value_heads=8,
     )
-    source = tmp_path / "src"
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(source, max_shard_size="30MB")
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory, max_shard_size="30MB")
+    return directory
+
+
+def test_peak_memory_follows_a_tensor_not_the_model(tmp_path: Path) -> None:
+    """A 50M-parameter Llama (100 MB in bf16, 200 MB in float32) converts in a subprocess whose
+    peak RSS grows by well under the model's float32 size over the libraries' own."""
+    source = _bf16_llama(tmp_path / "src", layers=4)
     fp32_mib = sum(f.stat().st_size for f in source.glob("*.safetensors")) * 2 / 2**20
     script = textwrap.dedent(
         f"""
@@ -214,19 +220,7 @@ def test_peak_memory_of_calibration_follows_a_block_not_the_model(tmp_path: Path
     freed there for reuse (the peak is then about 265 MB, the same for 8 and 12 blocks); a fixed
     mmap threshold makes RSS follow what the conversion holds. A 7B block's tensors are above
     glibc's largest threshold anyway (benchmarks/bench_convert_large.py)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=12,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-    )
-    source = tmp_path / "src"
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(source, max_shard_size="30MB")
+    source = _bf16_llama(tmp_path / "src", layers=12)
     block_mib = (4 * 1024 * 1024 + 3 * 1024 * 2816) * 4 / 2**20
     script = textwrap.dedent(
         f"""
