@@ -407,6 +407,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         [t for t in args.tasks.split(",") if t],
         include_path=args.include_path,
         limit=args.limit,
+        num_fewshot=args.num_fewshot,
         baselines=baselines,
         source=args.source,
         backend=args.backend,
@@ -445,7 +446,8 @@ def _eval_table(result) -> str:
             f"{row.task:<{width}} {row.metric:<16}{cells} {error:>7} {delta:>18} {spikes:>7}"
         )
     limit = f", first {result.limit:g} documents per task" if result.limit else ""
-    lines.append(f"backend {result.backend}{limit}; baselines from {result.source or '-'}")
+    shots = "" if result.num_fewshot is None else f", {result.num_fewshot}-shot"
+    lines.append(f"backend {result.backend}{limit}{shots}; baselines from {result.source or '-'}")
     return "\n".join(lines)
 
 
@@ -691,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a directory of your own lm-eval task files")  # fmt: skip
     evaluation.add_argument("--limit", type=float, default=None, metavar="N",
                             help="first N documents per task (a fraction if below 1)")  # fmt: skip
+    evaluation.add_argument("--num-fewshot", type=_count(0), default=None, metavar="N",
+                            help="examples before each question (default: each task's own)")  # fmt: skip
     evaluation.add_argument("--baseline", default="ann,w8a8", metavar="LIST",
                             help="baselines beside the spiking model: ann, w8a8, or none "
                             "(default ann,w8a8)")  # fmt: skip

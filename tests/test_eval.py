@@ -165,6 +165,12 @@ def test_spikelm_eval_prints_one_table_and_writes_json(demo_ckpt, tmp_path, caps
         assert f"{row['scores']['spiking']:.4f}" in table
     assert main(argv) == 1  # its own earlier output is not replaced without --overwrite
     assert main([*argv, "--overwrite"]) == 0
+    shots = ["eval", str(demo_ckpt), "--tasks", "spikelm_choice", "--limit", "4", "--baseline",
+             "none", "--num-fewshot", "1", "--out", str(out), "--overwrite"]  # fmt: skip
+    assert main(shots) == 0
+    data = json.loads(out.read_text())
+    assert data["num_fewshot"] == 1 and data["models"] == ["spiking"]
+    assert "1-shot" in capsys.readouterr().out
 
 
 def test_generation_is_the_simulated_greedy_continuation(demo_ckpt):

@@ -60,6 +60,7 @@ class Evaluation:
     models: list[str]
     tasks: list[str]
     limit: float | None
+    num_fewshot: int | None
     backend: str
     rows: list[Row]
     firing: dict[str, SpikeStats]
@@ -73,6 +74,7 @@ class Evaluation:
             "models": self.models,
             "tasks": self.tasks,
             "limit": self.limit,
+            "num_fewshot": self.num_fewshot,
             "backend": self.backend,
             "rows": [
                 {"task": r.task, "metric": r.metric, "scores": r.scores, "stderr": r.stderr,
@@ -89,6 +91,7 @@ def evaluate(
     *,
     include_path: str | os.PathLike[str] | None = None,
     limit: float | None = None,
+    num_fewshot: int | None = None,
     baselines: Sequence[str] = BASELINES,
     source: str | None = None,
     backend: str = "auto",
@@ -96,7 +99,8 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
 ) -> Evaluation:
-    """Run lm-eval ``tasks`` on the spiking ``checkpoint`` and the named ``baselines``."""
+    """Run lm-eval ``tasks`` on the spiking ``checkpoint`` and the named ``baselines``
+    (``num_fewshot``: examples before each question, default each task's own)."""
     require_extra("eval", "lm_eval", "spikelm eval")
     from spikelm.backends import resolve_device
     from spikelm.checkpoint import read_manifest
@@ -151,12 +155,14 @@ def evaluate(
         results = {}
         for name, lm in lms.items():
             lm.stats = {}  # firing per task
-            results[name] = _run(lm, task, manager, limit)
+            results[name] = _run(lm, task, manager, limit, num_fewshot)
         stats = spiking.firing()
         if stats is not None:
             firing[task] = stats
         rows += _rows(results, stats)
-    return Evaluation(str(checkpoint), source, [*lms], list(tasks), limit, backend, rows, firing)
+    return Evaluation(
+        str(checkpoint), source, [*lms], list(tasks), limit, num_fewshot, backend, rows, firing
+    )
 
 
 def _task_manager(include_path: str | os.PathLike[str] | None, tasks: Sequence[str]) -> Any:
@@ -257,12 +263,14 @@ def _check_same_weights(
         raise SpikelmError(f"{ckpt}: no spiking layer to compare with {source}")
 
 
-def _run(lm: Any, task: str, manager: Any, limit: float | None) -> dict[str, Any]:
+def _run(
+    lm: Any, task: str, manager: Any, limit: float | None, num_fewshot: int | None
+) -> dict[str, Any]:
     import lm_eval
 
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False,
-        bootstrap_iters=1000,
+        model=lm, tasks=[task], task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+        log_samples=False, bootstrap_iters=1000,
     )  # fmt: skip
     return out["results"]
 
