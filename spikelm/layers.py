@@ -213,18 +213,27 @@ def probed(
 
 @contextlib.contextmanager
 def collect_stats(
-    model: nn.Module, stats: dict[str, SpikeStats] | None = None
+    model: nn.Module,
+    stats: dict[str, SpikeStats] | None = None,
+    rows: torch.Tensor | None = None,
 ) -> Iterator[dict[str, SpikeStats]]:
     """Firing statistics of every ``SpikingLinear`` in ``model`` while the block runs, added to
-    ``stats`` when given (a running total over several blocks)."""
+    ``stats`` when given (a running total over several blocks). ``rows``: a boolean mask of the
+    input rows (tokens) to count, e.g. not padding; applied to every call with that many rows
+    (a call with another number, such as a routed expert's, counts all its rows)."""
     layers = spiking_layers(model)
     stats = {} if stats is None else stats
     for name, layer in layers.items():
         stats.setdefault(name, SpikeStats(steps=layer.steps))
-    probes = {name: _stats_probe(stats[name]) for name in layers}
+    probes = {name: _stats_probe(stats[name], rows) for name in layers}
     with probed(layers, probes):
         yield stats
 
 
-def _stats_probe(stats: SpikeStats) -> Probe:
-    return lambda layer, counts: stats.update(counts, get_coder(layer.coding))
+def _stats_probe(stats: SpikeStats, rows: torch.Tensor | None = None) -> Probe:
+    def probe(layer: SpikingLinear, counts: torch.Tensor) -> None:
+        if rows is not None and counts.shape[0] == rows.numel():
+            counts = counts[rows.to(counts.device)]
+        stats.update(counts, get_coder(layer.coding))
+
+    return probe

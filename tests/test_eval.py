@@ -173,6 +173,20 @@ def test_spikelm_eval_prints_one_table_and_writes_json(demo_ckpt, tmp_path, caps
     assert "1-shot" in capsys.readouterr().out
 
 
+def test_padding_is_not_counted_as_firing(demo_ckpt):
+    """Batched requests are padded on the right; the firing statistics count the real tokens
+    only: the same token-channel slots as one request at a time, and the same spikes but for
+    counts that flip at their rounding boundary when the batch shape changes the float sums."""
+    pairs = _requests("loglikelihood", PAIRS)
+    stats = []
+    for batch_size in (1, len(PAIRS)):
+        lm = SpikelmLM(str(demo_ckpt), backend="auto", batch_size=batch_size, progress=False)
+        lm.loglikelihood(pairs, disable_tqdm=True)
+        stats.append(lm.firing())
+    assert stats[0].slots == stats[1].slots
+    assert stats[1].events == pytest.approx(stats[0].events, rel=1e-3)
+
+
 def test_generation_is_the_simulated_greedy_continuation(demo_ckpt):
     """``generate_until`` (full forward per token) gives the tokens :func:`spikelm.simulate`
     (stepped, with state) generates, cut at the stop string."""

@@ -196,12 +196,15 @@ class SpikelmLM(TemplateLM):
 
     @torch.no_grad()
     def _logprobs(self, inputs: list[list[int]]) -> torch.Tensor:
-        """Next-token log-probabilities ``[B, L, V]`` of right-padded inputs (pad: token 0)."""
+        """Next-token log-probabilities ``[B, L, V]`` of right-padded inputs (pad: token 0; its
+        spikes are not counted)."""
         width = max(len(ids) for ids in inputs)
         batch = torch.zeros(len(inputs), width, dtype=torch.long)
+        real = torch.zeros(len(inputs), width, dtype=torch.bool)
         for row, ids in enumerate(inputs):
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        with collect_stats(self.model, self.stats):  # a running total over the run
+            real[row, : len(ids)] = True
+        with collect_stats(self.model, self.stats, real.flatten()):  # a running total
             logits = logits_of(self.model, batch.to(self._device))
         return F.log_softmax(logits, dim=-1).cpu()
 
