@@ -9,7 +9,8 @@ loading, a short decode.
 2. ``convert``: ``spikelm convert SRC --out OUT --stream`` (SpikingBrain's recipe: dynamic k=3,
    bitwise-bidirectional T=8, int8 weights in groups of 128).
 3. ``load``: ``spikelm.load(OUT)``: the skeleton's float weights are never written, the spiking
-   layers' int8 codes and the dense tensors are read shard by shard.
+   layers' tensors are the shards' memory maps (read when first used), the dense tensors are
+   copied shard by shard.
 4. ``decode``: ``spikelm.simulate`` of 4 prompt + 5 new tokens (8 forward passes) on backend
    ``numba``, after loading.
 5. ``convert_calib``: the same conversion with calibrated thresholds, block by block
@@ -86,7 +87,13 @@ for number, names_in in enumerate(shards, start=1):
 print(sum(p.numel() for p in meta_model(out).parameters()))
 """
 
-PEAK = "import resource; print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+PEAK = """
+import resource
+print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+for line in open('/proc/self/status'):
+    if line.startswith(('RssAnon:', 'RssFile:')):
+        print(line.split(':')[0].upper()[3:] + '_KB', line.split()[1])
+"""
 BASELINE = f"import torch, transformers, spikelm, spikelm.hf, spikelm.cli\n{PEAK}"
 CONVERT = f"""
 import sys
@@ -132,6 +139,12 @@ def run(script: str, *args: str) -> tuple[float, dict[str, float], str]:
     return wall, values, result.stdout
 
 
+def resident(values: dict[str, float]) -> str:
+    """The phase's memory at its end: anonymous (its own) and file-backed (mapped shards and
+    libraries: page cache, reclaimable), in GB."""
+    return f" {values['ANON_KB'] / 2**20:>8.2f} {values['FILE_KB'] / 2**20:>8.2f}"
+
+
 def limit_of(phase: str) -> str:
     return f"<= {TARGETS_GB[phase]:.1f} GB"
 
@@ -171,26 +184,29 @@ def main() -> None:
         base_gb = base["PEAK_KB"] / 2**20
         report(f"# baseline (import torch, transformers, spikelm): {base_gb:.2f} GB RSS")
         report()
-        report(f"{'phase':<34} {'wall s':>7} {'peak GB':>8} {'over base':>9} {'target':>14}")
+        report(
+            f"{'phase':<34} {'wall s':>7} {'peak GB':>8} {'over base':>9} {'target':>14} "
+            f"{'anon GB':>8} {'file GB':>8}"
+        )
         wall, conv, _ = run(CONVERT, str(source), str(output))
         peak = conv["PEAK_KB"] / 2**20
         written = disk_bytes(output)
         report(
             f"{'convert --stream (dynamic k=3)':<34} {wall:>7.0f} {peak:>8.2f} "
-            f"{peak - base_gb:>9.2f} {limit_of('convert'):>14}"
+            f"{peak - base_gb:>9.2f} {limit_of('convert'):>14}{resident(conv)}"
         )
         wall, load, _ = run(LOAD, str(output))
         peak = load["PEAK_KB"] / 2**20
         limit = written / 2**30 + TARGETS_GB["load"]
         report(
             f"{'load (spikelm.load)':<34} {wall:>7.0f} {peak:>8.2f} {peak - base_gb:>9.2f} "
-            f"{f'<= {limit:.1f} GB':>14}"
+            f"{f'<= {limit:.1f} GB':>14}{resident(load)}"
         )
         wall, dec, _ = run(DECODE, str(output))
         peak = dec["PEAK_KB"] / 2**20
         report(
             f"{'load + decode 8 tokens (numba)':<34} {wall:>7.0f} {peak:>8.2f} "
-            f"{peak - base_gb:>9.2f} {'-':>14}"
+            f"{peak - base_gb:>9.2f} {'-':>14}{resident(dec)}"
         )
         shards = len(list(output.glob("*.safetensors")))
         shutil.rmtree(output)  # the calibrated output takes its place on disk
@@ -207,7 +223,7 @@ def main() -> None:
         calib_written = disk_bytes(output)
         report(
             f"{'convert --stream --calib-ids':<34} {wall:>7.0f} {peak:>8.2f} "
-            f"{peak - base_gb:>9.2f} {limit_of('convert_calib'):>14}"
+            f"{peak - base_gb:>9.2f} {limit_of('convert_calib'):>14}{resident(calib)}"
         )
         report()
         report(
@@ -217,8 +233,10 @@ def main() -> None:
             f"kernels {dec['COMPILE']:.1f} s before), {dec['SPIKES']:.3f} spikes per channel"
         )
         report(
-            "the decode peak holds the int8 codes twice: the layers' own and numba's kernel "
-            "layout, built per layer on its first call"
+            "anon/file: resident memory at the end of the phase; spikelm.load maps the int8 codes "
+            "from the shards (file pages: shared, reclaimable, read when first used), and at "
+            "decode numba's kernel layout, built per layer on its first call, is a second "
+            "(anonymous) copy of them"
         )
         report(
             f"calibrated: {CALIB_WINDOWS} windows of {CALIB_LEN} random token ids through one "

@@ -433,32 +433,42 @@ def load(
                 ) from None
             if members:
                 _check_member(path, target, module, shape, members)
+        with torch.device("meta"):  # its tensors are the mapped shards' (below), never copied
+            if members:
+                layer = FusedSpikingLinear(
+                    shape["in"],
+                    shape["out"],
+                    config,
+                    parts=[m["name"].rpartition(".")[2] for m in members],
+                    splits=[m["out"] for m in members],
+                    bias=shape["bias"],
+                    backend=backend,
+                    name=name,
+                )
+            else:
+                layer = SpikingLinear(
+                    shape["in"], shape["out"], config, bias=shape["bias"], backend=backend,
+                    name=name,
+                )  # fmt: skip
         if members:
-            layer = FusedSpikingLinear(
-                shape["in"],
-                shape["out"],
-                config,
-                parts=[m["name"].rpartition(".")[2] for m in members],
-                splits=[m["out"] for m in members],
-                bias=shape["bias"],
-                backend=backend,
-                name=name,
-            )
             install(model, layer)
         else:
-            layer = SpikingLinear(
-                shape["in"], shape["out"], config, bias=shape["bias"], backend=backend, name=name
-            )
             set_submodule(model, name, layer)
         if "neuron" in shape:
             layer.set_neuron(**shape["neuron"])
     _check_against(model, stored, files)
     for file in dict.fromkeys(files.values()):  # every name checked above: one shard at a time
         try:
-            model.load_state_dict(load_file(file), strict=False)
+            tensors = load_file(file)  # mapped copy-on-write: pages are read when first used
+            _assign_mapped(model, tensors)
+            model.load_state_dict(tensors, strict=False)
+        except SpikelmError:
+            raise
         except Exception as error:  # safetensors' own errors for corrupt data
             raise CheckpointError(f"{file}: cannot load ({one_line(error)})") from error
     for name, tensor in model.state_dict().items():
+        if tensor.is_meta:  # cannot happen after _check_against; never run on no storage
+            raise CheckpointError(f"{_where(files, name)}: tensor {name} was not loaded")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(
                 f"{_where(files, name)}: tensor {name} holds NaN or infinite values"
@@ -467,6 +477,23 @@ def load(
     model.eval()
     adapter_for(model).converted(model)
     return (model, tokenizer) if with_tokenizer else model
+
+
+def _assign_mapped(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Make the spiking layers' tensors (built on ``meta``) the mapped ``tensors`` themselves,
+    taking them out of ``tensors``: the int8 codes stay in the page cache, shared and
+    reclaimable, until a backend reads them. A stored float of another width is widened."""
+    for name in [n for n in tensors]:
+        owner, _, key = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        held = module._buffers.get(key) if isinstance(module, SpikingLinear) else None
+        if held is None or held.device.type != "meta":
+            continue
+        tensor = tensors.pop(name)
+        if tensor.dtype != held.dtype:
+            tensor = tensor.to(held.dtype)
+        module._buffers[key] = tensor
+        module.clear_derived()
 
 
 def _check_member(
@@ -560,11 +587,13 @@ def _check_against(model: nn.Module, stored: dict, files: dict[str, Path]) -> No
     """Every tensor of ``model`` stored with its shape and kind of dtype, and nothing else."""
     expected = model.state_dict()
     stored_storage = {
-        tensor.untyped_storage().data_ptr() for name, tensor in expected.items() if name in stored
+        tensor.untyped_storage().data_ptr()
+        for name, tensor in expected.items()
+        if name in stored and not tensor.is_meta
     }
     for name, tensor in expected.items():
         if name not in stored:
-            if tensor.untyped_storage().data_ptr() in stored_storage:
+            if not tensor.is_meta and tensor.untyped_storage().data_ptr() in stored_storage:
                 continue  # tied to a stored tensor (safetensors keeps one name of a tied pair)
             raise CheckpointError(f"{_where(files)}: tensor {name} is missing")
         dtype, shape = stored[name]
