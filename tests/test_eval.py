@@ -155,6 +155,8 @@ def test_spikelm_eval_prints_one_table_and_writes_json(demo_ckpt, tmp_path, caps
     assert header[:5] == ["task", "metric", "ANN", "W8A8", "spiking"]
     data = json.loads(out.read_text())
     assert list(data)[0] == "generator" and data["models"] == ["ann", "w8a8", "spiking"]
+    firing = data["firing"]["spikelm_choice"]  # the spiking model's run on that task
+    assert firing["events"] > 0 and 0 < firing["firing_rate"] < 1 and firing["steps"] == 8
     assert data["source"] == "spikelm:demo"
     metrics = {(r["task"], r["metric"]) for r in data["rows"]}
     assert {("spikelm_choice", "acc"), ("spikelm_text", "byte_perplexity")} <= metrics

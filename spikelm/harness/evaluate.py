@@ -82,6 +82,13 @@ class Evaluation:
                  "clamped_share": r.clamped_share}
                 for r in self.rows
             ],
+            "firing": {
+                task: {"spikes_per_channel": f.spikes_per_channel, "firing_rate": f.firing_rate,
+                       "silent_share": f.silent_share, "clamped_share": f.clipped_share,
+                       "steps_used": f.steps_used, "steps": f.steps, "events": f.events,
+                       "token_channels": f.slots}
+                for task, f in self.firing.items()
+            },
         }  # fmt: skip
 
 
