@@ -483,7 +483,7 @@ def _assign_mapped(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Make the spiking layers' tensors (built on ``meta``) the mapped ``tensors`` themselves,
     taking them out of ``tensors``: the int8 codes stay in the page cache, shared and
     reclaimable, until a backend reads them. A stored float of another width is widened."""
-    for name in [n for n in tensors]:
+    for name in list(tensors):
         owner, _, key = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
         held = module._buffers.get(key) if isinstance(module, SpikingLinear) else None

@@ -216,7 +216,8 @@ class CheckpointSimulation:
     model: nn.Module
 
 
-def _decode(tokenizer: Any, ids: list[int]) -> str:
+def decode_text(tokenizer: Any, ids: list[int]) -> str:
+    """The text of token ids (a transformers tokenizer's special tokens left out)."""
     if hasattr(tokenizer, "convert_ids_to_tokens"):  # a transformers tokenizer
         return tokenizer.decode(ids, skip_special_tokens=True)
     return tokenizer.decode(ids)
@@ -296,7 +297,7 @@ def simulate_checkpoint(
         overwrite=overwrite,
     )
     return CheckpointSimulation(
-        result, _decode(tokenizer, result.generated) if result.generated else None, model
+        result, decode_text(tokenizer, result.generated) if result.generated else None, model
     )
 
 

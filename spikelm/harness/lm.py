@@ -35,6 +35,7 @@ from spikelm.errors import ConfigError
 from spikelm.estimators import SpikeStats, summarize
 from spikelm.fidelity import logits_of
 from spikelm.layers import collect_stats, spiking_layers
+from spikelm.workflow import decode_text
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ class SpikelmLM(TemplateLM):
         return list(self.tokenizer.encode(string, **extra))
 
     def tok_decode(self, ids: list[int]) -> str:
-        if hasattr(self.tokenizer, "convert_ids_to_tokens"):
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        return self.tokenizer.decode(ids)
+        return decode_text(self.tokenizer, ids)
 
     def _loglikelihood_tokens(
         self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **_: Any
