@@ -295,6 +295,8 @@ def int8_baseline(model: nn.Module, names: Iterable[str] | None = None) -> nn.Mo
 
 
 def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy_bw: float) -> dict:
+    from spikelm.backends.numba import _call as numba_call  # a layer's compiled call
+
     config = SpikeConfig()
     make_sj, sj_reason = spikingjelly_runner()
     if sj_reason:
@@ -308,7 +310,11 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
         "two exact paths (bit-identical outputs): 'counts' = count-domain W_q n, 'events' = "
         "event-driven; sparsity = 1 - events/(in*T); "
         "'x dense' / 'x int8' / 'x SJ' = that baseline's median / the faster exact path's (>1: "
-        "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'BW%' = share of "
+        "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'call' = median ms "
+        "of the numba backend's compiled call alone on the count path (neuron, kernel, epilogue "
+        "from the float rows, as the layer makes it, without the torch and nn.Module layers on "
+        "top), 'c/int8' = int8's median over it: the share of a layer's time that is Python "
+        "around the kernel, which a cold cache makes several times dearer; 'BW%' = share of "
         "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches; "
         "'ev/s%' = the event path's events/s over the event bound (copy bandwidth / out bytes: "
         "each event reading one int8 weight column from memory)"
@@ -322,8 +328,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
         f"{'counts path':>13} {'events path':>13} {'dense F.linear':>14} {'int8 dynamic':>13} "
-        f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'BW% c':>5} "
-        f"{'BW% e':>5} {'ev/s%':>5}"
+        f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'call':>5} "
+        f"{'c/int8':>6} | {'BW% c':>5} {'BW% e':>5} {'ev/s%':>5}"
     )
     for in_f, out_f in SIZES:
         torch.manual_seed(0)
@@ -363,6 +369,11 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                             times[path] = timeit(
                                 lambda f=layer, a=x: f(a), reps, budget, before=cold
                             )
+                    with numba_path("counts"):  # the compiled call alone, no torch layers on top
+                        compiled, rows = numba_call(layer).bound, x.numpy()
+                        t_call = timeit(
+                            lambda b=compiled, a=rows: b(x=a), reps, budget, before=cold
+                        )
                     t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget, before=cold)
                     t_int8 = timeit(lambda f=int8, a=x: f(a), reps, budget, before=cold)
                     t_sj = None
@@ -374,6 +385,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 best = min(med.values())
                 x_dense = statistics.median(t_dense) / best
                 x_int8 = statistics.median(t_int8) / best
+                call_int8 = statistics.median(t_int8) / statistics.median(t_call)
                 x_sj = statistics.median(t_sj) / best if t_sj else float("nan")
                 bound = active * out_f / read_bw  # seconds to read the active columns once
                 event_rate = events / med["events"] / (copy_bw / out_f)
@@ -382,12 +394,15 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     f"{events / batch:>7.0f} | {fmt_ms(times['counts']):>13} "
                     f"{fmt_ms(times['events']):>13} {fmt_ms(t_dense):>14} {fmt_ms(t_int8):>13} "
                     f"{fmt_ms(t_sj):>13} | {x_dense:>7.2f} {x_int8:>6.2f} {x_sj:>6.2f} | "
+                    f"{statistics.median(t_call) * 1e3:>5.2f} {call_int8:>6.2f} | "
                     f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%} "
                     f"{event_rate:>5.0%}"
                 )
                 key[(in_f, out_f, batch, label)] = {
                     "x_dense": x_dense,
                     "x_int8": x_int8,
+                    "call_ms": statistics.median(t_call) * 1e3,
+                    "call_int8": call_int8,
                     "x_sj": x_sj,
                     "bw_counts": bound / med["counts"],
                     "bw_events": bound / med["events"],
@@ -588,7 +603,7 @@ def wide_models() -> dict[str, nn.Module]:
     }
 
 
-def wide_decode_section(args, report: Report) -> dict:
+def wide_decode_section(args, report: Report, read_bw: float) -> dict:
     threads = os.cpu_count() or 1
     report(
         f"wider models (random weights, {WIDE['layers']} layers, hidden {WIDE['hidden']}, "
@@ -609,7 +624,7 @@ def wide_decode_section(args, report: Report) -> dict:
     report("-" * len(header))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 256, (args.prompt_tokens,), generator=gen)
-    results = {}
+    results, limits = {}, []
     for name, ann in wide_models().items():
         calib = [prompt.view(1, -1)]  # dynamic thresholds: calibration only checks the layers
         snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False, backend="numba")
@@ -646,12 +661,23 @@ def wide_decode_section(args, report: Report) -> dict:
             f"{ann_peak:>8.0f} {snn_peak:>8.0f}"
         )
         results[name] = (b / a, b / q, c / q, b / e)
+        layers = spiking_layers(snn)
+        weight_mb = sum(layer.weight_q.numel() for layer in layers.values()) / 1e6
+        limits.append(
+            f"  {name}: its {len(layers)} spiking layers read {weight_mb:.1f} MB of int8 weights "
+            f"per token, {weight_mb * 1e9 / read_bw:.2f} ms at the read bandwidth; a token "
+            f"takes {1e3 / b:.2f} ms (SNN step): the rest is attention, norms and the Python of "
+            "each layer call, which the weights streaming through the caches make several times "
+            "dearer than with warm caches"
+        )
         del snn
     report(
         "  (SNN: backend 'numba', SpikingBrain's recipe with shared-input projections fused; "
         "peak = VmHWM after a reset, process-wide, so the SNN column includes the ANN still "
         "held for comparison)"
     )
+    for line in limits:
+        report(line)
     return results
 
 
@@ -723,7 +749,7 @@ def main() -> None:
     report("## 3. whole-model decode")
     decode = decode_section(args, report)
     report()
-    wide = wide_decode_section(args, report)
+    wide = wide_decode_section(args, report, read_bw)
     report(
         "count/event crossover r measured at warm-up per layer shape of the decoded models (a "
         "row takes the count path when its events > r x its active channels; r < 1: every row): "
@@ -741,7 +767,8 @@ def main() -> None:
             f"count path {k['bw_counts']:.0%}, event path {k['bw_events']:.0%} "
             f"({k['mb']:.1f} MB of active columns per token at {read_bw / 1e9:.1f} GB/s); event "
             f"path {k['event_rate']:.0%} of the event bound (one column per event at "
-            f"{bandwidth / 1e9:.1f} GB/s)"
+            f"{bandwidth / 1e9:.1f} GB/s); the compiled call alone {k['call_ms']:.3f} ms, "
+            f"{k['call_int8']:.2f}x the speed of int8"
         )
     for size, med in overhead.items():
         report(

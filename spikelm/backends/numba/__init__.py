@@ -177,8 +177,8 @@ def forward(
     rows = x.numpy()
     if rows.ndim != 2:
         rows = rows.reshape(-1, layer.in_features)
-    spikes = np.empty(rows.shape, dtype=np.int64)
-    y = bound(spikes, np.empty(rows.shape[0]), x=rows)
+    spikes = np.empty(rows.shape, dtype=np.int64) if counts else driver.EMPTY_COUNTS
+    y = bound(spikes, x=rows)
     if y is None:
         check_finite(x / layer.input_divisor, f"input of layer {layer.name!r}")
     if x.ndim != 2:

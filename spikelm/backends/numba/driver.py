@@ -47,6 +47,8 @@ PATH: str = "auto"
 
 EMPTY_X = np.zeros((0, 0), dtype=np.float32)
 EMPTY_F32 = np.zeros(0, dtype=np.float32)
+EMPTY_F64 = np.zeros(0, dtype=np.float64)
+EMPTY_COUNTS = np.zeros((0, 0), dtype=np.int64)
 NO_BLOCKS = np.zeros((0, 0, 0), dtype=np.int8)  # every row on the count path: no event weights
 EMPTY_Y = np.zeros((0, 0), dtype=np.float32)
 EMPTY_ACC = {dtype: np.zeros((0, 0, 0), dtype=dtype) for dtype in (np.int32, np.int64)}
@@ -103,18 +105,27 @@ def _plan(counts, width, decoding, steps, path):
 @njit(cache=True, fastmath=False)
 def _head(
     x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, steps, crossover, scan, path,
+    decoding, steps, crossover, scan,
 ):  # fmt: skip
-    """Everything before the tasks: ``(rows on the count path or -1, count plan, event plan,
-    count tasks, all tasks)``; the tasks are the count tiles, then rows x event blocks."""
-    rows = counts.shape[0]
+    """Everything before the tasks: ``(rows on the count path or -1, counts, thresholds, each
+    row's path, count plan, event plan, count tasks, all tasks)``; the tasks are the count tiles,
+    then rows x event blocks. With ``x``, ``counts`` and ``v`` without rows are allocated here
+    (the caller does not want them): ~40 ns each here, against ~0.2 us for ``np.empty`` from
+    Python, or ~5 us when streaming a large model's weights has pushed Python's objects out of
+    the caches (measured)."""
+    rows = max(x.shape[0], counts.shape[0])
+    if counts.shape[0] != rows:
+        counts = np.empty((rows, x.shape[1]), dtype=np.int64)
+    if v.shape[0] != rows:
+        v = np.empty(rows, dtype=np.float64)
+    path = np.empty(rows, dtype=np.bool_)
     on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v,
                          decoding, steps, crossover, scan, path)  # fmt: skip
     plan = plan_counts(counts, width, path)
     events = _plan(counts, width, decoding, steps, path)
     tiles = pairs.shape[0] if on_counts > 0 else 0
     tasks = tiles + (rows * blocks.shape[0] if 0 <= on_counts < rows else 0)
-    return on_counts, plan, events, tiles, tasks
+    return on_counts, counts, v, path, plan, events, tiles, tasks
 
 
 @njit(cache=True, fastmath=False)
@@ -136,13 +147,13 @@ def _task(
 @njit(parallel=True, cache=True, fastmath=False)
 def _run_parallel(
     x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
+    decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
 ):  # fmt: skip
     """See the module docstring; tasks in parallel. Returns the number of rows on the count
     path, or -1 (nothing computed) for a non-finite input."""
-    on_counts, plan, events, tiles, tasks = _head(
+    on_counts, counts, v, path, plan, events, tiles, tasks = _head(
         x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-        decoding, shifts.shape[0], crossover, scan, path,
+        decoding, shifts.shape[0], crossover, scan,
     )  # fmt: skip
     for i in prange(tasks):
         _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
@@ -153,12 +164,12 @@ def _run_parallel(
 @njit(cache=True, fastmath=False)
 def _run_serial(
     x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, shifts, negative, scale_t, bias, crossover, scan, path, acc, y,
+    decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
 ):  # fmt: skip
     """:func:`_run_parallel`'s work, one task after the other."""
-    on_counts, plan, events, tiles, tasks = _head(
+    on_counts, counts, v, path, plan, events, tiles, tasks = _head(
         x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-        decoding, shifts.shape[0], crossover, scan, path,
+        decoding, shifts.shape[0], crossover, scan,
     )  # fmt: skip
     for i in range(tasks):
         _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
@@ -186,7 +197,7 @@ def _signature(acc_dtype: torch.dtype, scale_dtype: np.dtype) -> tuple:
         numba.int8[:, :, :, ::1], numba.int8[:, :, ::1],  # pairs, blocks
         i64, i64, i64[::1], boolean[::1],  # width, decoding, shifts, negative
         _SCALE_TYPES[scale_dtype][:, ::1], f32[::1],  # scale_t, bias
-        f64, boolean, boolean[::1],  # crossover, scan, path
+        f64, boolean,  # crossover, scan
         _ACC_TYPES[acc_dtype][:, :, ::1], f32[:, ::1],  # acc, y
     )  # fmt: skip
 
@@ -276,7 +287,7 @@ def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
     _run_serial(
         EMPTY_X, *NO_NEURON.arguments(), counts, v, lay.pairs, blocks, lay.width,
         lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, EMPTY_F32, crossover, False,
-        np.empty(rows, dtype=np.bool_), acc, y,
+        acc, y,
     )  # fmt: skip
     return time.perf_counter() - start
 
@@ -336,19 +347,20 @@ class Bound:
         return crossover
 
     def __call__(
-        self, counts: np.ndarray, v: np.ndarray, *, x: np.ndarray = EMPTY_X,
-        accumulators: bool = False,
+        self, counts: np.ndarray = EMPTY_COUNTS, v: np.ndarray = EMPTY_F64, *,
+        x: np.ndarray = EMPTY_X, accumulators: bool = False,
     ) -> np.ndarray | None:  # fmt: skip
         """Outputs ``y [M, out]`` (float32, plus the bias), or the exact accumulators
         ``[M, G, out]``.
 
-        With ``x`` (float32 ``[M, in]``) the neuron fills ``counts`` (int64 ``[M, in]``) and
-        ``v`` (float64 ``[M]``) first; returns ``None`` if ``x`` holds NaN or inf. Without it,
+        With ``x`` (float32 ``[M, in]``) the neuron computes the counts and thresholds first,
+        into ``counts`` (int64 ``[M, in]``) and ``v`` (float64 ``[M]``) where they have the rows
+        (else the kernel keeps them); returns ``None`` if ``x`` holds NaN or inf. Without it,
         ``counts`` and ``v`` are inputs (counts in the coding's range: the entry points check
         that). The event kernel's weights (``blocks()``) are asked for only when a row may take
         that path.
         """
-        rows = counts.shape[0]
+        rows = max(x.shape[0], counts.shape[0])
         lay = self.layout
         if accumulators:
             acc, y = np.empty((rows, lay.groups, lay.out_features), dtype=lay.acc_np), EMPTY_Y
@@ -371,7 +383,7 @@ class Bound:
             x, *self.neuron, counts, v, lay.pairs,
             self.blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width, lay.decoding_code,
             lay.shifts, lay.negative, lay.scale_t, self.bias, crossover,
-            1.0 <= crossover < math.inf, np.empty(rows, dtype=np.bool_), acc, y,
+            1.0 <= crossover < math.inf, acc, y,
         )  # fmt: skip
         if timed:
             _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
