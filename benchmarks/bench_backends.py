@@ -66,7 +66,7 @@ from spikelm.convert import spiking, spiking_layer  # noqa: E402
 from spikelm.encoders import get_coder  # noqa: E402
 from spikelm.estimators import SpikeStats, summarize  # noqa: E402
 from spikelm.fidelity import token_batches  # noqa: E402
-from spikelm.fusion import spiking_projections  # noqa: E402
+from spikelm.fusion import SharedInputSlice, spiking_projections  # noqa: E402
 from spikelm.layers import SpikingLinear, probed, spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
@@ -310,11 +310,11 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
         "two exact paths (bit-identical outputs): 'counts' = count-domain W_q n, 'events' = "
         "event-driven; sparsity = 1 - events/(in*T); "
         "'x dense' / 'x int8' / 'x SJ' = that baseline's median / the faster exact path's (>1: "
-        "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'call' = median ms "
-        "of the numba backend's compiled call alone on the count path (neuron, kernel, epilogue "
-        "from the float rows, as the layer makes it, without the torch and nn.Module layers on "
-        "top), 'c/int8' = int8's median over it: the share of a layer's time that is Python "
-        "around the kernel, which a cold cache makes several times dearer; 'BW%' = share of "
+        "spikelm faster); 'int8' = torch dynamic quantization (W8A8, fbgemm); 'call' = the numba "
+        "backend's compiled call alone on the count path, min/median ms (neuron, kernel, epilogue "
+        "from the float rows as the layer makes them, without the torch and nn.Module layers on "
+        "top: 'counts path' minus 'call' is the Python around the kernel, which a cold cache "
+        "makes several times dearer); 'c/int8' = int8's median over the call's; 'BW%' = share of "
         "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches; "
         "'ev/s%' = the event path's events/s over the event bound (copy bandwidth / out bytes: "
         "each event reading one int8 weight column from memory)"
@@ -328,7 +328,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
         f"{'counts path':>13} {'events path':>13} {'dense F.linear':>14} {'int8 dynamic':>13} "
-        f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'call':>5} "
+        f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'call':>11} "
         f"{'c/int8':>6} | {'BW% c':>5} {'BW% e':>5} {'ev/s%':>5}"
     )
     for in_f, out_f in SIZES:
@@ -369,11 +369,11 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                             times[path] = timeit(
                                 lambda f=layer, a=x: f(a), reps, budget, before=cold
                             )
-                    with numba_path("counts"):  # the compiled call alone, no torch layers on top
-                        compiled, rows = numba_call(layer).bound, x.numpy()
-                        t_call = timeit(
-                            lambda b=compiled, a=rows: b(x=a), reps, budget, before=cold
-                        )
+                            if path == "counts":  # the compiled call alone, no torch on top
+                                compiled, rows = numba_call(layer).bound, x.numpy()
+                                t_call = timeit(
+                                    lambda b=compiled, a=rows: b(x=a), reps, budget, before=cold
+                                )
                     t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget, before=cold)
                     t_int8 = timeit(lambda f=int8, a=x: f(a), reps, budget, before=cold)
                     t_sj = None
@@ -394,7 +394,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     f"{events / batch:>7.0f} | {fmt_ms(times['counts']):>13} "
                     f"{fmt_ms(times['events']):>13} {fmt_ms(t_dense):>14} {fmt_ms(t_int8):>13} "
                     f"{fmt_ms(t_sj):>13} | {x_dense:>7.2f} {x_int8:>6.2f} {x_sj:>6.2f} | "
-                    f"{statistics.median(t_call) * 1e3:>5.2f} {call_int8:>6.2f} | "
+                    f"{fmt_ms(t_call):>11} {call_int8:>6.2f} | "
                     f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%} "
                     f"{event_rate:>5.0%}"
                 )
@@ -509,6 +509,44 @@ def snn_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **option
     return result.seconds, result.tokens, result
 
 
+LINEAR_KINDS = (nn.Linear, SpikingLinear, SharedInputSlice, torch.ao.nn.quantized.dynamic.Linear)
+"""Modules that do a model's linear layers: fp32, int8 dynamic, spiking and fused members' slices."""
+
+
+def inside_linears(model: nn.Module, run: Callable[[], tuple[float, int]]) -> str:
+    """One hooked ``run()``: per token, the time spent inside the model's linear layers (the
+    outermost of nested ones: a slice and the fused layer it calls count once) and the calls."""
+    spent, depth, start = [0.0, 0], [0], [0.0]
+
+    def enter(module, args):
+        depth[0] += 1
+        if depth[0] == 1:
+            start[0] = time.perf_counter()
+
+    def leave(module, args, output):
+        depth[0] -= 1
+        if depth[0] == 0:
+            spent[0] += time.perf_counter() - start[0]
+            spent[1] += 1
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, LINEAR_KINDS):
+            handles += [
+                module.register_forward_pre_hook(enter),
+                module.register_forward_hook(leave),
+            ]
+    try:
+        seconds, tokens = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (
+        f"{spent[0] / tokens * 1e3:.2f} of {seconds / tokens * 1e3:.2f} ms per token in "
+        f"{spent[1] / tokens:.0f} linear-layer calls"
+    )
+
+
 def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
     """Greedy decode of the fp32 model with the stepping ``simulate`` uses (the family adapter's
     ``step`` with its named state): (seconds, forward passes)."""
@@ -563,6 +601,13 @@ def decode_section(args, report: Report) -> dict:
                 f"  {name}: {med / ann_tps:.2f}x the fp32 ANN's tokens/s, {med / int8_tps:.2f}x "
                 "the int8 ANN's (median)"
             )
+    for layer in spiking_layers(snn).values():
+        layer.backend = "numba"
+    report("  inside the linear layers (one more run of each, with timing hooks on those layers):")
+    with torch_threads(1):
+        for name, model in (("ANN fp32", ann), ("ANN int8", quantized), ("spiking numba", snn)):
+            run = functools.partial(ann_decode, model, prompt, args.new_tokens)
+            report(f"    {name}: {inside_linears(model, run)}")
     return results
 
 
@@ -647,7 +692,7 @@ def wide_decode_section(args, report: Report, read_bw: float) -> dict:
             snn_step, _, _ = measure(
                 lambda m=snn: ann_decode(m, prompt, args.new_tokens), args.decode_reps
             )
-        del quantized, same
+        del same
         spc = result.stats.spikes_per_channel
         a, q = statistics.median(ann_tps), statistics.median(int8_tps)
         b, c, e = (
@@ -661,14 +706,22 @@ def wide_decode_section(args, report: Report, read_bw: float) -> dict:
             f"{ann_peak:>8.0f} {snn_peak:>8.0f}"
         )
         results[name] = (b / a, b / q, c / q, b / e)
+        with torch_threads(threads):
+            inside = {
+                label: inside_linears(m, functools.partial(ann_decode, m, prompt, args.new_tokens))
+                for label, m in (("int8", quantized), ("SNN step", snn))
+            }
+        del quantized
         layers = spiking_layers(snn)
         weight_mb = sum(layer.weight_q.numel() for layer in layers.values()) / 1e6
         limits.append(
             f"  {name}: its {len(layers)} spiking layers read {weight_mb:.1f} MB of int8 weights "
             f"per token, {weight_mb * 1e9 / read_bw:.2f} ms at the read bandwidth; a token "
-            f"takes {1e3 / b:.2f} ms (SNN step): the rest is attention, norms and the Python of "
-            "each layer call, which the weights streaming through the caches make several times "
-            "dearer than with warm caches"
+            f"takes {1e3 / b:.2f} ms (SNN step). Inside the linear layers (one more run of each, "
+            f"with timing hooks): int8 {inside['int8']}; SNN step {inside['SNN step']} (spiking "
+            "layers, fused members' slices, the fp32 LM head); the rest is attention, norms and "
+            "the Python of each call, which the weights streaming through the caches make several "
+            "times dearer than with warm caches"
         )
         del snn
     report(
