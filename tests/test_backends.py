@@ -423,9 +423,12 @@ def test_numba_one_call_path_fires_the_same_spikes_and_outputs(
     assert torch.equal(y, numba_backend.linear(layer, expected_counts, v_th) + layer.bias)
     layer.backend = "numba"  # through the layer, from an input that carries autograd history
     assert torch.equal(layer(x.clone().requires_grad_(True)), y)
+    y_alone, none = numba_backend.forward(layer, x, counts=False)  # the kernel keeps the counts
+    assert none is None and torch.equal(y_alone, y)
     x[4, 7] = float("nan")
-    with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
-        numba_backend.forward(layer, x)
+    for counts_wanted in (True, False):
+        with pytest.raises(NonFiniteError, match="^NaN in input of layer 'test'"):
+            numba_backend.forward(layer, x, counts=counts_wanted)
 
 
 @needs_numba
