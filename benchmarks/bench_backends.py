@@ -20,7 +20,11 @@
    activation to the layer output, neuron reset included. At batch 1 a ``cold`` row repeats the
    demo case with every cache flushed (64 MiB written) before each timed call: between repeated
    calls an int8 layer up to 4096x4096 stays in this machine's L3 cache while its fp32 copy does
-   not, which flatters the event-driven kernel; a layer of a large model is read cold.
+   not, which flatters the event-driven kernel; a layer of a large model is read cold. That
+   flush also evicts the interpreter's and torch's own objects, which a layer inside a model
+   finds warm, so the 4096-wide sizes add a ``stream`` row: every call takes the next of
+   several copies of the layer (and of each baseline) whose weights together fill 128 MiB, so
+   each call reads its weights from memory while the Python around it stays warm.
 2. Whole-model decode at batch 1: the converted demo model under ``simulate(..., backend=...)``
    against the ANN demo model stepped token by token in fp32 (the adapter's ``step``, as
    ``simulate`` steps), same tokens, one
@@ -46,6 +50,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import itertools
 import os
 import statistics
 import sys
@@ -74,6 +79,11 @@ from spikelm.simulate import simulate  # noqa: E402
 SIZES = ((2048, 2048), (4096, 4096), (4096, 11008))
 BATCHES = (1, 16)
 SPARSITIES = (0.50, 0.90, 0.99)
+STREAM_BYTES = 128 << 20
+"""A ``stream`` row rotates through copies of a layer until their weights fill this (4x the
+L3 cache of the machines here), so that every call reads its weights from memory."""
+STREAM_MIN = 4096 * 4096
+"""Layers with at least this many weights get a ``stream`` row."""
 
 
 class Report:
@@ -280,6 +290,19 @@ def numba_path(path: str) -> Iterator[None]:
         driver.PATH = previous
 
 
+def rotate(calls: list[Callable[[], object]]) -> Callable[[], object]:
+    """One function that runs the next of ``calls`` each time it is called."""
+    turn = itertools.cycle(calls)
+    return lambda: next(turn)()
+
+
+def copies(make: Callable[[int], object], nbytes: int, stream: bool) -> list:
+    """``[make(0)]``, or for a ``stream`` row enough ``make(i)`` to fill :data:`STREAM_BYTES`
+    (``nbytes`` each)."""
+    count = max(2, -(-STREAM_BYTES // nbytes)) if stream else 1
+    return [make(i) for i in range(count)]
+
+
 def int8_baseline(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
     """The same model with int8 weights on torch's dynamic quantization (W8A8: activations
     quantized per call), the int8 CPU path issue 12 measures spikelm against: every
@@ -315,41 +338,55 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
         "from the float rows as the layer makes them, without the torch and nn.Module layers on "
         "top: 'counts path' minus 'call' is the Python around the kernel, which a cold cache "
         "makes several times dearer); 'c/int8' = int8's median over the call's; 'BW%' = share of "
-        "the read bound (active channels x out int8 bytes / read bandwidth) that each path reaches; "
-        "'ev/s%' = the event path's events/s over the event bound (copy bandwidth / out bytes: "
-        "each event reading one int8 weight column from memory)"
+        "the read bound (the int8 bytes a path must read once / read bandwidth) that it reaches: "
+        "'c' the count path, which reads the rows' active channel pairs (a pair is skipped only "
+        "when both channels are silent), 'e' the event path (the active channels' columns), 'q' "
+        "int8 (every weight); 'ev/s%' = the event path's events/s over the event bound (copy "
+        "bandwidth / out bytes: each event reading one int8 weight column from memory)"
     )
     report(
         "'cold' rows: demo counts with every cache flushed (64 MiB written) before each timed "
-        "call, as a layer of a large model sees it; warm rows keep an int8 layer of up to 16 MiB "
-        "in this machine's L3. torch_events is a CUDA path (~0.1 s per 4096x4096 token on the "
+        "call, the interpreter's and torch's objects included; 'stream' rows (the 4096-wide "
+        f"sizes): each call takes the next of copies of the layer (and of each baseline) whose "
+        f"weights fill {STREAM_BYTES >> 20} MiB, so its weights come from memory while the "
+        "Python around it stays warm, as for a layer inside a large model; warm rows keep an int8 "
+        "layer of up to 16 MiB in this machine's L3. torch_events is a CUDA path (~0.1 s per 4096x4096 token on the "
         "CPU), not timed here"
     )
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
         f"{'counts path':>13} {'events path':>13} {'dense F.linear':>14} {'int8 dynamic':>13} "
         f"{'SpikingJelly':>13} | {'x dense':>7} {'x int8':>6} {'x SJ':>6} | {'call':>11} "
-        f"{'c/int8':>6} | {'BW% c':>5} {'BW% e':>5} {'ev/s%':>5}"
+        f"{'c/int8':>6} | {'BW% c':>5} {'BW% e':>5} {'BW% q':>5} {'ev/s%':>5}"
     )
     for in_f, out_f in SIZES:
-        torch.manual_seed(0)
-        layer = spiking_layer(
-            nn.Linear(in_f, out_f, bias=False), config, f"{in_f}x{out_f}", backend="numba"
-        )
-        layer.dynamic, layer.threshold = False, torch.tensor(0.01)  # x = counts * V fires counts
-        weight = layer.dequantized_weight()
-        int8 = int8_baseline(nn.Sequential(nn.Linear(in_f, out_f, bias=False)))
-        sj_run = make_sj(weight, config.steps) if make_sj else None
+
+        def make(seed: int, in_f: int = in_f, out_f: int = out_f) -> tuple:
+            """(spiking layer, its dequantized fp32 weight, the int8 baseline) of one Linear."""
+            torch.manual_seed(seed)
+            linear = nn.Linear(in_f, out_f, bias=False)
+            layer = spiking_layer(linear, config, f"{in_f}x{out_f}", backend="numba")
+            layer.dynamic, layer.threshold = False, torch.tensor(0.01)  # x = counts * V: counts
+            return layer, layer.dequantized_weight(), int8_baseline(nn.Sequential(linear))
+
+        made = {False: copies(make, in_f * out_f, False)}
+        sj_run = make_sj(made[False][0][1], config.steps) if make_sj else None
         report()
         report(header)
         report("-" * len(header))
         for batch in BATCHES:
-            kinds = [("demo", None), ("cold", None)]
+            kinds = [("demo", None), ("cold", None), ("stream", None)]
             kinds += [(f"{int(s * 100)}%", s) for s in SPARSITIES]
             for label, sparsity in kinds:
                 cold = flush_caches if label == "cold" else None
-                if label == "cold" and batch != 1:
+                stream = label == "stream"
+                if label in ("cold", "stream") and batch != 1:
                     continue
+                if stream and in_f * out_f < STREAM_MIN:
+                    continue
+                if stream not in made:
+                    made[stream] = copies(make, in_f * out_f, stream)
+                layers, weights, int8s = zip(*made[stream], strict=True)
                 if sparsity is None:
                     counts = sample_demo(pool, batch, in_f, gen)
                 else:
@@ -358,6 +395,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 x = counts * v_th
                 events = event_count(counts, config)
                 active = int(counts.count_nonzero())
+                nonzero = counts != 0
+                pairs = int((nonzero[:, 0::2] | nonzero[:, 1::2]).sum())  # read by the count path
                 spars = 1.0 - events / (batch * in_f * config.steps)
                 reps, budget = args.reps, args.budget
                 times = {}
@@ -365,19 +404,22 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     for path in ("counts", "events"):
                         with numba_path(path):
                             for _ in range(10):  # PARALLEL="auto" times both kernels first
-                                layer(x)
-                            times[path] = timeit(
-                                lambda f=layer, a=x: f(a), reps, budget, before=cold
-                            )
+                                for layer in layers:
+                                    layer(x)
+                            run = rotate([functools.partial(f, x) for f in layers])
+                            times[path] = timeit(run, reps, budget, before=cold)
                             if path == "counts":  # the compiled call alone, no torch on top
-                                compiled, rows = numba_call(layer).bound, x.numpy()
-                                t_call = timeit(
-                                    lambda b=compiled, a=rows: b(x=a), reps, budget, before=cold
+                                rows = x.numpy()
+                                run = rotate(
+                                    [functools.partial(numba_call(f).bound, x=rows) for f in layers]
                                 )
-                    t_dense = timeit(lambda a=(x, weight): F.linear(*a), reps, budget, before=cold)
-                    t_int8 = timeit(lambda f=int8, a=x: f(a), reps, budget, before=cold)
+                                t_call = timeit(run, reps, budget, before=cold)
+                    run = rotate([functools.partial(F.linear, x, w) for w in weights])
+                    t_dense = timeit(run, reps, budget, before=cold)
+                    run = rotate([functools.partial(f, x) for f in int8s])
+                    t_int8 = timeit(run, reps, budget, before=cold)
                     t_sj = None
-                    if sj_run is not None:
+                    if sj_run is not None and not stream:
                         scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
                         xs = x / scale
                         t_sj = timeit(lambda f=sj_run, a=xs: f(a), reps, budget, before=cold)
@@ -387,7 +429,10 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 x_int8 = statistics.median(t_int8) / best
                 call_int8 = statistics.median(t_int8) / statistics.median(t_call)
                 x_sj = statistics.median(t_sj) / best if t_sj else float("nan")
-                bound = active * out_f / read_bw  # seconds to read the active columns once
+                # seconds to read once what each path must: the count path its active channel
+                # pairs, the event path its active channels' columns, int8 every weight
+                bound = active * out_f / read_bw
+                bound_c, bound_q = 2 * pairs * out_f / read_bw, in_f * out_f / read_bw
                 event_rate = events / med["events"] / (copy_bw / out_f)
                 report(
                     f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
@@ -395,8 +440,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     f"{fmt_ms(times['events']):>13} {fmt_ms(t_dense):>14} {fmt_ms(t_int8):>13} "
                     f"{fmt_ms(t_sj):>13} | {x_dense:>7.2f} {x_int8:>6.2f} {x_sj:>6.2f} | "
                     f"{fmt_ms(t_call):>11} {call_int8:>6.2f} | "
-                    f"{bound / med['counts']:>5.0%} {bound / med['events']:>5.0%} "
-                    f"{event_rate:>5.0%}"
+                    f"{bound_c / med['counts']:>5.0%} {bound / med['events']:>5.0%} "
+                    f"{bound_q / statistics.median(t_int8):>5.0%} {event_rate:>5.0%}"
                 )
                 key[(in_f, out_f, batch, label)] = {
                     "x_dense": x_dense,
@@ -404,11 +449,14 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     "call_ms": statistics.median(t_call) * 1e3,
                     "call_int8": call_int8,
                     "x_sj": x_sj,
-                    "bw_counts": bound / med["counts"],
+                    "bw_counts": bound_c / med["counts"],
                     "bw_events": bound / med["events"],
+                    "bw_int8": bound_q / statistics.median(t_int8),
                     "event_rate": event_rate,
                     "faster": min(med, key=med.get),
                     "mb": active * out_f / batch / 1e6,
+                    "mb_pairs": 2 * pairs * out_f / batch / 1e6,
+                    "mb_int8": in_f * out_f / 1e6,
                 }
     return key
 
@@ -780,8 +828,8 @@ def main() -> None:
     report(
         f"numpy copy of 256 MiB (read + write): {bandwidth / 1e9:.1f} GB/s; streaming read of "
         f"16 MiB int8 by {numba.get_num_threads()} numba threads, caches flushed: "
-        f"{read_bw / 1e9:.1f} GB/s (the read bound below: a layer must read each active "
-        "channel's int8 column at least once)"
+        f"{read_bw / 1e9:.1f} GB/s (the read bounds below: a layer reads each int8 weight it "
+        "needs at least once)"
     )
 
     report()
@@ -811,15 +859,21 @@ def main() -> None:
 
     report()
     report("## key ratios")
-    for label, what in (("demo", "warm caches"), ("cold", "caches flushed")):
+    for label, what in (
+        ("demo", "warm caches"),
+        ("cold", "every cache flushed"),
+        ("stream", "weights from memory, Python warm"),
+    ):
         k = key[(4096, 4096, 1, label)]
+        sj = "" if label == "stream" else f", {k['x_sj']:.2f}x that of SpikingJelly"
         report(
             f"4096x4096, batch 1, demo firing, {what}: fastest exact path ({k['faster']}) "
             f"{k['x_dense']:.2f}x the speed of dense F.linear, {k['x_int8']:.2f}x that of int8 "
-            f"dynamic quantization, {k['x_sj']:.2f}x that of SpikingJelly; read bound reached: "
-            f"count path {k['bw_counts']:.0%}, event path {k['bw_events']:.0%} "
-            f"({k['mb']:.1f} MB of active columns per token at {read_bw / 1e9:.1f} GB/s); event "
-            f"path {k['event_rate']:.0%} of the event bound (one column per event at "
+            f"dynamic quantization{sj}; bytes to read: count path {k['mb_pairs']:.1f} MB (active "
+            f"channel pairs), event path {k['mb']:.1f} MB (active channels), int8 "
+            f"{k['mb_int8']:.1f} MB; read bound ({read_bw / 1e9:.1f} GB/s) reached: count path "
+            f"{k['bw_counts']:.0%}, event path {k['bw_events']:.0%}, int8 {k['bw_int8']:.0%}; "
+            f"event path {k['event_rate']:.0%} of the event bound (one column per event at "
             f"{bandwidth / 1e9:.1f} GB/s); the compiled call alone {k['call_ms']:.3f} ms, "
             f"{k['call_int8']:.2f}x the speed of int8"
         )
