@@ -7,7 +7,8 @@
        (every SpikingLinear input pooled), so firing rate, silent share and popcounts match it;
      - ``NN%``: every (channel, step) slot of the magnitude fires independently with probability
        1 - NN/100 (random sign per channel), i.e. sparsity = 1 - events / (channels * T) = NN%.
-   Columns: numba (event-driven), torch_events (index_add_ per event), dense fp32 ``F.linear`` on
+   Columns: the numba backend's two exact paths (count-domain and event-driven; torch_events is a
+   CUDA path, not timed on the CPU) and its compiled call alone, dense fp32 ``F.linear`` on
    the dequantized input (counts * V_th) with the dequantized weight (the baseline), the same
    layer with int8 weights under torch's dynamic quantization (``quantize_dynamic``, W8A8: the
    int8 baseline; the whole-model rows quantize the ANN the same way: every linear layer, and
@@ -33,15 +34,19 @@
    with the same recipe: dynamic k=3, bitwise-bidirectional T=8, int8), both threads: a
    HybridLM at hidden 1024 (the reference model's code) and a ``transformers`` Llama at hidden
    1024 (the ANN through the same adapter step, i.e. transformers' own forward with its cache
-   object rebuilt from the named state each token; the spiking copy under ``simulate``). Their firing rate is measured and printed.
-3. The physical limit of the event-driven kernel: events/s <= memory bandwidth / column bytes
-   (column = ``out`` int8 weights), with the bandwidth measured in the same run.
+   object rebuilt from the named state each token; the spiking copy under ``simulate``). Their
+   firing rate is measured and printed.
+3. The physical limits, with the bandwidths measured in the same run: each path's read bound
+   (the int8 bytes it must read once: the count path its active channel pairs, the event path
+   its active channels, int8 every weight) and the event kernel's events/s <= copy bandwidth /
+   column bytes (column = ``out`` int8 weights). Whole-model rows add each model's int8 weight
+   bytes per token and the time inside its linear layers (timing hooks).
 4. numba compile / cache-load cost, apart from the timings.
 
-Times are min and median over a few repetitions (``--quick``, the default and what is committed)
-or more (``--full``); every ratio uses baselines measured in the same run.
+Times are min and median over a few repetitions (``--quick``, the default) or more (``--full``,
+what is committed); every ratio uses baselines measured in the same run.
 
-    python benchmarks/bench_backends.py --out benchmarks/results/bench_backends.txt
+    python benchmarks/bench_backends.py --full --out benchmarks/results/bench_backends.txt
 """
 
 from __future__ import annotations
