@@ -352,11 +352,11 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
     report(
         "'cold' rows: demo counts with every cache flushed (64 MiB written) before each timed "
         "call, the interpreter's and torch's objects included; 'stream' rows (the 4096-wide "
-        f"sizes): each call takes the next of copies of the layer (and of each baseline) whose "
+        "sizes): each call takes the next of copies of the layer (and of each baseline) whose "
         f"weights fill {STREAM_BYTES >> 20} MiB, so its weights come from memory while the "
         "Python around it stays warm, as for a layer inside a large model; warm rows keep an int8 "
-        "layer of up to 16 MiB in this machine's L3. torch_events is a CUDA path (~0.1 s per 4096x4096 token on the "
-        "CPU), not timed here"
+        "layer of up to 16 MiB in this machine's L3. torch_events is a CUDA path (~0.1 s per "
+        "4096x4096 token on the CPU), not timed here"
     )
     header = (
         f"{'in x out':>11} {'B':>2} {'counts':>6} {'spars':>6} {'ev/row':>7} | "
@@ -543,17 +543,33 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def measure(run: Callable[[], tuple], reps: int) -> tuple[list[float], float, tuple]:
-    """``run() -> (seconds, tokens, ...)``: one warm-up call (numba kernels per shape,
-    allocator), then ``reps`` timed ones; returns tokens/s per rep, the peak RSS (MiB) over them
-    and the last call's result."""
-    run()
-    reset = peak_rss_reset()
-    tps = []
+def measure(
+    runs: dict[str, Callable[[], tuple]], reps: int
+) -> dict[str, tuple[list[float], float, tuple]]:
+    """``run() -> (seconds, tokens, ...)`` for each of ``runs``: a warm-up call (numba kernels
+    per shape, allocator) and one call after a reset of the peak RSS, each run in turn; then
+    ``reps`` rounds that time every run once, in turn, so that the machine's drift over the
+    rounds (other jobs, memory bandwidth) falls on every run alike. Per run: tokens/s per round,
+    the peak RSS (MiB) of its own call and the last call's result."""
+    peaks, last = {}, {}
+    for name, run in runs.items():
+        run()
+        reset = peak_rss_reset()
+        last[name] = run()
+        peaks[name] = vm_hwm_mib() if reset else float("nan")
+    tps: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):
-        last = run()
-        tps.append(last[1] / last[0])
-    return tps, (vm_hwm_mib() if reset else float("nan")), last
+        for name, run in runs.items():
+            last[name] = run()
+            tps[name].append(last[name][1] / last[name][0])
+    return {name: (tps[name], peaks[name], last[name]) for name in runs}
+
+
+def on_backend(model: nn.Module, backend: str) -> nn.Module:
+    """``model`` with every spiking layer on ``backend``."""
+    for layer in spiking_layers(model).values():
+        layer.backend = backend
+    return model
 
 
 def snn_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **options):
@@ -625,7 +641,8 @@ def decode_section(args, report: Report) -> dict:
     snn = spiking(copy.deepcopy(ann), SpikeConfig(), calib, progress=False)
     report(
         f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
-        f"(greedy), torch threads = 1; peak = VmHWM after a reset (process-wide RSS, MiB)"
+        f"(greedy), torch threads = 1; {args.decode_reps} rounds, each timing every run once in "
+        "turn; peak = VmHWM after a reset (process-wide RSS, MiB)"
     )
     quantized = int8_baseline(ann)
     runs = {
@@ -636,14 +653,15 @@ def decode_section(args, report: Report) -> dict:
         runs[f"spiking, simulate backend={b}"] = lambda b=b: snn_decode(
             snn, prompt, args.new_tokens, backend=b, threads=1
         )
-        if b == "numba":  # simulate(backend=...) leaves that backend set on the layers
-            runs["spiking numba (adapter step)"] = lambda: ann_decode(snn, prompt, args.new_tokens)
+        if b == "numba":  # simulate(backend=...) leaves its backend set: set numba again
+            runs["spiking numba (adapter step)"] = lambda: ann_decode(
+                on_backend(snn, "numba"), prompt, args.new_tokens
+            )
     tokens = len(prompt) + args.new_tokens - 1
     report(f"{'run':<34} {'tokens':>6} {'tok/s best':>10} {'tok/s med':>10} {'peak MiB':>9}")
     results = {}
     with torch_threads(1):
-        for name, run in runs.items():
-            tps, peak, _ = measure(run, args.decode_reps)
+        for name, (tps, peak, _) in measure(runs, args.decode_reps).items():
             results[name] = statistics.median(tps)
             report(f"{name:<34} {tokens:>6} {max(tps):>10.1f} {results[name]:>10.1f} {peak:>9.0f}")
     ann_tps = results["ANN fp32 (adapter step)"]
@@ -654,8 +672,7 @@ def decode_section(args, report: Report) -> dict:
                 f"  {name}: {med / ann_tps:.2f}x the fp32 ANN's tokens/s, {med / int8_tps:.2f}x "
                 "the int8 ANN's (median)"
             )
-    for layer in spiking_layers(snn).values():
-        layer.backend = "numba"
+    on_backend(snn, "numba")
     report("  inside the linear layers (one more run of each, with timing hooks on those layers):")
     with torch_threads(1):
         for name, model in (("ANN fp32", ann), ("ANN int8", quantized), ("spiking numba", snn)):
@@ -706,8 +723,9 @@ def wide_decode_section(args, report: Report, read_bw: float) -> dict:
     report(
         f"wider models (random weights, {WIDE['layers']} layers, hidden {WIDE['hidden']}, "
         f"MLP {WIDE['intermediate']}), batch 1, {args.prompt_tokens} prompt + {args.new_tokens} "
-        f"generated tokens, {threads} threads for torch and numba; tok/s medians. ANN fp32, ANN "
-        "int8 and 'SNN step' run the same loop (the adapter's step, greedy); 'SNN simulate' is "
+        f"generated tokens, {threads} threads for torch and numba; tok/s medians of "
+        f"{args.decode_reps} rounds, each timing every run once in turn. ANN fp32, ANN int8 and "
+        "'SNN step' run the same loop (the adapter's step, greedy); 'SNN simulate' is "
         "spikelm.simulate, which also keeps the firing statistics. 'ANN int8' quantizes every "
         "linear layer, the LM head included (the baseline of the ratios 'x int8'); 'int8 same' "
         "only the layers spikelm converts, so that the rest (LM head, attention, norms) is the "
@@ -729,23 +747,20 @@ def wide_decode_section(args, report: Report, read_bw: float) -> dict:
         params = sum(p.numel() for p in ann.parameters())
         quantized = int8_baseline(ann)
         same = int8_baseline(ann, spiking_projections(snn))
-        snn_sim, snn_peak, (*_, result) = measure(
-            lambda m=snn: snn_decode(m, prompt, args.new_tokens, threads=threads), args.decode_reps
-        )  # also compiles and tunes the kernels before the step loop below
         with torch_threads(threads):
-            ann_tps, ann_peak, _ = measure(
-                lambda m=ann: ann_decode(m, prompt, args.new_tokens), args.decode_reps
-            )
-            int8_tps, _, _ = measure(
-                lambda m=quantized: ann_decode(m, prompt, args.new_tokens), args.decode_reps
-            )
-            same_tps, _, _ = measure(
-                lambda m=same: ann_decode(m, prompt, args.new_tokens), args.decode_reps
-            )
-            snn_step, _, _ = measure(
-                lambda m=snn: ann_decode(m, prompt, args.new_tokens), args.decode_reps
-            )
-        del same
+            runs = {
+                # first: simulate compiles and tunes the kernels before the step runs
+                "sim": lambda m=snn: snn_decode(m, prompt, args.new_tokens, threads=threads),
+                "ann": lambda m=ann: ann_decode(m, prompt, args.new_tokens),
+                "int8": lambda m=quantized: ann_decode(m, prompt, args.new_tokens),
+                "same": lambda m=same: ann_decode(m, prompt, args.new_tokens),
+                "step": lambda m=snn: ann_decode(m, prompt, args.new_tokens),
+            }
+            measured = measure(runs, args.decode_reps)
+        snn_sim, snn_peak, (*_, result) = measured["sim"]
+        ann_tps, ann_peak, _ = measured["ann"]
+        int8_tps, same_tps, snn_step = (measured[k][0] for k in ("int8", "same", "step"))
+        del same, runs
         spc = result.stats.spikes_per_channel
         a, q = statistics.median(ann_tps), statistics.median(int8_tps)
         b, c, e = (
@@ -796,7 +811,7 @@ def main() -> None:
     parser.set_defaults(full=False)
     args = parser.parse_args()
     args.reps, args.budget = (20, 2.0) if args.full else (5, 0.5)
-    args.decode_reps = 3 if args.full else 1
+    args.decode_reps = 5 if args.full else 1
     args.prompt_tokens, args.new_tokens = 64, 64
     args.eval_windows = 16 if args.full else 4
 
