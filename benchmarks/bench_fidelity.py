@@ -13,9 +13,15 @@ group 128):
     its knob ``spike_weight`` swept (the same grid and settings on every model);
   - on the demo model, for reference, the best earlier post-hoc recipes: error-aware rounding
     alone and Fisher-weighted static thresholds.
-Spikes are counted unfused (``fuse=False``: every projection's input train, as SpikingBrain
-counts them). For each recipe: the fewest spikes per channel within +1% perplexity of the ANN
-(linear interpolation along the sweep), and its ratio to ``spikingbrain``'s.
+Spikes per channel are counted over the neurons of the model as converted, two ways:
+  - unfused (``fuse=False``): one neuron per projection, every projection's input train
+    counted, as SpikingBrain counts them; every recipe, the earlier ones too (their per-layer
+    divisors cannot fuse);
+  - fused (``spikelm convert``'s default): projections that read one input share one neuron,
+    whose train is counted once, as a chip would send it once to all of them; the two main
+    recipes (``spikelm`` then learns one k per shared input).
+For each recipe: the fewest spikes per channel within +1% perplexity of the ANN (linear
+interpolation along the sweep), and its ratio to ``spikingbrain``'s counted the same way.
 
 Steps: both recipes at their defaults (k=3; spike_weight=0.04) with T = 8, 6, 5: perplexity,
 spikes, the steps the counts used and the share of counts clamped at the range (never silent).
@@ -71,10 +77,12 @@ def _texts(args) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return calib, evaluation
 
 
-def _score(ann: nn.Module, config: SpikeConfig, calib, evaluation) -> tuple[float, Point]:
+def _score(
+    ann: nn.Module, config: SpikeConfig, calib, evaluation, fuse: bool = False
+) -> tuple[float, Point]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # saturation is in the table's clamp column
-        snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=False)
+        snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=fuse)
     reference, scored = compare(ann, {"spiking": snn}, evaluation)
     stats = scored.stats
     top = max(layer.steps for layer in spiking_layers(snn).values())
@@ -83,14 +91,16 @@ def _score(ann: nn.Module, config: SpikeConfig, calib, evaluation) -> tuple[floa
     return reference.perplexity, point
 
 
-def sweep(ann: nn.Module, recipes: dict, calib, evaluation) -> tuple[float, dict[str, list]]:
+def sweep(
+    ann: nn.Module, recipes: dict, calib, evaluation, fuse: bool = False
+) -> tuple[float, dict[str, list]]:
     curves: dict[str, list[Point]] = {}
     ann_ppl = float("nan")
     for label, (field, values, options) in recipes.items():
         curves[label] = []
         for value in values:
             ann_ppl, point = _score(
-                ann, SpikeConfig(**{field: value}, **options), calib, evaluation
+                ann, SpikeConfig(**{field: value}, **options), calib, evaluation, fuse
             )
             curves[label].append((value, *point[1:]))
     return ann_ppl, curves
@@ -256,7 +266,9 @@ def main() -> None:
         recipes = {**SWEEPS, **(DEMO_ONLY if model is demo else {})}
         ann_ppl, curves = sweep(model, recipes, calib, evaluation)
         results[label] = (ann_ppl, curves)
-        lines += ["", *_rows(label, ann_ppl, curves)]
+        lines += ["", *_rows(f"{label}, unfused", ann_ppl, curves)]
+        _, fused = sweep(model, SWEEPS, calib, evaluation, fuse=True)
+        lines += ["", *_rows(f"{label}, fused (shared inputs: one neuron)", ann_ppl, fused)]
     lines += ["", *steps_section(demo, calib, evaluation)]
     cost_models = {"demo model": (demo, calib)}
     if args.large:
