@@ -301,11 +301,10 @@ def rotate(calls: list[Callable[[], object]]) -> Callable[[], object]:
     return lambda: next(turn)()
 
 
-def copies(make: Callable[[int], object], nbytes: int, stream: bool) -> list:
-    """``[make(0)]``, or for a ``stream`` row enough ``make(i)`` to fill :data:`STREAM_BYTES`
-    (``nbytes`` each)."""
-    count = max(2, -(-STREAM_BYTES // nbytes)) if stream else 1
-    return [make(i) for i in range(count)]
+def copies(make: Callable[[int], object], nbytes: int) -> list:
+    """``make(0), make(1), ...``: enough of them (``nbytes`` each, two at least) to fill
+    :data:`STREAM_BYTES`."""
+    return [make(i) for i in range(max(2, -(-STREAM_BYTES // nbytes)))]
 
 
 def int8_baseline(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
@@ -374,7 +373,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
             layer.dynamic, layer.threshold = False, torch.tensor(0.01)  # x = counts * V: counts
             return layer, layer.dequantized_weight(), int8_baseline(nn.Sequential(linear))
 
-        made = {False: copies(make, in_f * out_f, False)}
+        made = {False: [make(0)]}  # stream rows: True, built when first needed
         sj_run = make_sj(made[False][0][1], config.steps) if make_sj else None
         report()
         report(header)
@@ -390,7 +389,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 if stream and in_f * out_f < STREAM_MIN:
                     continue
                 if stream not in made:
-                    made[stream] = copies(make, in_f * out_f, stream)
+                    made[stream] = copies(make, in_f * out_f)
                 layers, weights, int8s = zip(*made[stream], strict=True)
                 if sparsity is None:
                     counts = sample_demo(pool, batch, in_f, gen)
