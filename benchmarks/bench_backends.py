@@ -373,8 +373,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
             layer.dynamic, layer.threshold = False, torch.tensor(0.01)  # x = counts * V: counts
             return layer, layer.dequantized_weight(), int8_baseline(nn.Sequential(linear))
 
-        made = {False: [make(0)]}  # stream rows: True, built when first needed
-        sj_run = make_sj(made[False][0][1], config.steps) if make_sj else None
+        single, streamed = [make(0)], []  # the stream row's copies: built when first needed
+        sj_run = make_sj(single[0][1], config.steps) if make_sj else None
         report()
         report(header)
         report("-" * len(header))
@@ -388,9 +388,9 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     continue
                 if stream and in_f * out_f < STREAM_MIN:
                     continue
-                if stream not in made:
-                    made[stream] = copies(make, in_f * out_f)
-                layers, weights, int8s = zip(*made[stream], strict=True)
+                if stream and not streamed:
+                    streamed = copies(make, in_f * out_f)
+                layers, weights, int8s = zip(*(streamed if stream else single), strict=True)
                 if sparsity is None:
                     counts = sample_demo(pool, batch, in_f, gen)
                 else:
