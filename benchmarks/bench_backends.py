@@ -40,7 +40,10 @@
    (the int8 bytes it must read once: the count path its active channel pairs, the event path
    its active channels, int8 every weight) and the event kernel's events/s <= copy bandwidth /
    column bytes (column = ``out`` int8 weights). Whole-model rows add each model's int8 weight
-   bytes per token and the time inside its linear layers (timing hooks).
+   bytes per token and where a token's time goes: the same decode with every linear layer's
+   forward returning its previous output (the rest of the model), and with the numba backend's
+   compiled calls writing zeros (the Python around them); the rest plus the compiled calls is
+   what a token would take with no Python around the kernels.
 4. numba compile / cache-load cost, apart from the timings.
 
 Times are min and median over a few repetitions (``--quick``, the default) or more (``--full``,
@@ -76,7 +79,7 @@ from spikelm.convert import spiking, spiking_layer  # noqa: E402
 from spikelm.encoders import get_coder  # noqa: E402
 from spikelm.estimators import SpikeStats, summarize  # noqa: E402
 from spikelm.fidelity import token_batches  # noqa: E402
-from spikelm.fusion import SharedInputSlice, spiking_projections  # noqa: E402
+from spikelm.fusion import spiking_projections  # noqa: E402
 from spikelm.layers import SpikingLinear, probed, spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
@@ -577,42 +580,108 @@ def snn_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **option
     return result.seconds, result.tokens, result
 
 
-LINEAR_KINDS = (nn.Linear, SpikingLinear, SharedInputSlice, torch.ao.nn.quantized.dynamic.Linear)
-"""Modules that do a model's linear layers: fp32, int8 dynamic, spiking and fused members' slices."""
+LINEAR_FORWARDS = (nn.Linear, SpikingLinear, torch.ao.nn.quantized.dynamic.Linear)
+"""Classes whose ``forward`` does a model's linear layers: fp32, spiking (fused ones too), int8."""
 
 
-def inside_linears(model: nn.Module, run: Callable[[], tuple[float, int]]) -> str:
-    """One hooked ``run()``: per token, the time spent inside the model's linear layers (the
-    outermost of nested ones: a slice and the fused layer it calls count once) and the calls."""
-    spent, depth, start = [0.0, 0], [0], [0.0]
-
-    def enter(module, args):
-        depth[0] += 1
-        if depth[0] == 1:
-            start[0] = time.perf_counter()
-
-    def leave(module, args, output):
-        depth[0] -= 1
-        if depth[0] == 0:
-            spent[0] += time.perf_counter() - start[0]
-            spent[1] += 1
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, LINEAR_KINDS):
-            handles += [
-                module.register_forward_pre_hook(enter),
-                module.register_forward_hook(leave),
-            ]
+@contextlib.contextmanager
+def _replaced(patches: Iterable[tuple[object, str, object]]) -> Iterator[None]:
+    """Each ``(owner, attribute, value)`` set for the block, then the old values back."""
+    patches = list(patches)
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
-        seconds, tokens = run()
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
     finally:
-        for handle in handles:
-            handle.remove()
-    return (
-        f"{spent[0] / tokens * 1e3:.2f} of {seconds / tokens * 1e3:.2f} ms per token in "
-        f"{spent[1] / tokens:.0f} linear-layer calls"
-    )
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def _previous_output(forward: Callable) -> Callable:
+    """``forward`` that computes once per layer, then returns that output again (decode feeds
+    one token per call, so a layer's output shape never changes)."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def stub(self, x, *args, **kwargs):
+        out = outputs.get(id(self))
+        if out is None:
+            out = outputs[id(self)] = forward(self, x, *args, **kwargs)
+        return out
+
+    return stub
+
+
+def _zeros_kernel(*args) -> int:
+    """Stands in for the numba backend's compiled call: writes zero outputs (its last argument)
+    and reports every row on the count path."""
+    args[-1].fill(0)
+    return args[-1].shape[0]
+
+
+def token_split(
+    runs: dict[str, tuple[nn.Module, Callable[[], tuple[float, int]]]], reps: int
+) -> dict[str, dict[str, float]]:
+    """Where a decode token's time goes, per model: microseconds per token (median of ``reps``
+    rounds, every state of every model in turn) of ``run()`` as it is (``total``), with each
+    linear layer's forward returning its previous output (``rest``: attention, norms, module
+    calls, fused members' slices) and, for spiking models, with the numba backend's compiled
+    calls replaced by :func:`_zeros_kernel` (``no kernels``: the Python around them stays).
+    The parallel chooser's state is restored after the stubs, which it may have timed."""
+    from spikelm.backends.numba import driver
+
+    rest = [(cls, "forward", _previous_output(cls.forward)) for cls in LINEAR_FORWARDS]
+    no_kernels = [(driver, name, _zeros_kernel) for name in ("_run_serial", "_run_parallel")]
+    states = {"total": [], "rest": rest, "no kernels": no_kernels}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
+    chooser = copy.deepcopy(driver._parallel_chooser.state)
+    try:
+        for _ in range(reps):
+            for name, (model, run) in runs.items():
+                for state, patches in states.items():
+                    if state == "no kernels" and not spiking_layers(model):
+                        continue
+                    with _replaced(patches):
+                        seconds, tokens = run()[:2]
+                    times[name].setdefault(state, []).append(seconds / tokens * 1e6)
+    finally:
+        driver._parallel_chooser.state = chooser
+    return {
+        name: {state: statistics.median(values) for state, values in by_state.items()}
+        for name, by_state in times.items()
+    }
+
+
+def split_lines(split: dict[str, dict[str, float]], baseline: str) -> list[str]:
+    """Report lines of :func:`token_split`; each spiking model's bound is its rest plus its
+    compiled calls (no Python around them), as a ratio of ``baseline``'s tokens/s."""
+    lines = []
+    for name, t in split.items():
+        if "no kernels" not in t:
+            lines.append(
+                f"    {name}: {t['total']:.0f} = linear layers {t['total'] - t['rest']:.0f} + "
+                f"rest {t['rest']:.0f}"
+            )
+            continue
+        kernels, python = t["total"] - t["no kernels"], t["no kernels"] - t["rest"]
+        bound = t["rest"] + kernels
+        lines.append(
+            f"    {name}: {t['total']:.0f} = compiled calls {kernels:.0f} + Python around them "
+            f"{python:.0f} + rest {t['rest']:.0f}; without the Python around the compiled calls "
+            f"a token would take {bound:.0f}: {split[baseline]['total'] / bound:.2f}x the "
+            f"tokens/s of {baseline} (measured {split[baseline]['total'] / t['total']:.2f}x)"
+        )
+    return lines
+
+
+SPLIT_NOTE = (
+    "  where a token's time goes (us per token, medians of {reps} rounds, every state of every "
+    "model in turn): 'rest' = the same decode with each linear layer's forward returning its "
+    "previous output (attention, norms, module calls, fused members' slices); the compiled calls "
+    "(numba's dispatch included) timed by replacing them with a Python function that writes "
+    "zeros. With the weights streaming, each part also pays for what the others evict from the "
+    "caches, so the parts are estimates:"
+)
 
 
 def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
@@ -672,11 +741,17 @@ def decode_section(args, report: Report) -> dict:
                 "the int8 ANN's (median)"
             )
     on_backend(snn, "numba")
-    report("  inside the linear layers (one more run of each, with timing hooks on those layers):")
+    report(SPLIT_NOTE.format(reps=args.decode_reps))
     with torch_threads(1):
-        for name, model in (("ANN fp32", ann), ("ANN int8", quantized), ("spiking numba", snn)):
-            run = functools.partial(ann_decode, model, prompt, args.new_tokens)
-            report(f"    {name}: {inside_linears(model, run)}")
+        split = token_split(
+            {
+                name: (model, functools.partial(ann_decode, model, prompt, args.new_tokens))
+                for name, model in (("ANN fp32", ann), ("ANN int8", quantized), ("spiking", snn))
+            },
+            args.decode_reps,
+        )
+    for line in split_lines(split, "ANN fp32"):
+        report(line)
     return results
 
 
@@ -774,28 +849,29 @@ def wide_decode_section(args, report: Report, read_bw: float) -> dict:
         )
         results[name] = (b / a, b / q, c / q, b / e)
         with torch_threads(threads):
-            inside = {
-                label: inside_linears(m, functools.partial(ann_decode, m, prompt, args.new_tokens))
-                for label, m in (("int8", quantized), ("SNN step", snn))
-            }
+            split = token_split(
+                {
+                    label: (m, functools.partial(ann_decode, m, prompt, args.new_tokens))
+                    for label, m in (("ANN int8", quantized), ("SNN step", snn))
+                },
+                args.decode_reps,
+            )
         del quantized
         layers = spiking_layers(snn)
         weight_mb = sum(layer.weight_q.numel() for layer in layers.values()) / 1e6
         limits.append(
             f"  {name}: its {len(layers)} spiking layers read {weight_mb:.1f} MB of int8 weights "
             f"per token, {weight_mb * 1e9 / read_bw:.2f} ms at the read bandwidth; a token "
-            f"takes {1e3 / b:.2f} ms (SNN step). Inside the linear layers (one more run of each, "
-            f"with timing hooks): int8 {inside['int8']}; SNN step {inside['SNN step']} (spiking "
-            "layers, fused members' slices, the fp32 LM head); the rest is attention, norms and "
-            "the Python of each call, which the weights streaming through the caches make several "
-            "times dearer than with warm caches"
+            f"takes {1e3 / b:.2f} ms (SNN step)."
         )
+        limits += split_lines(split, "ANN int8")
         del snn
     report(
         "  (SNN: backend 'numba', SpikingBrain's recipe with shared-input projections fused; "
         "peak = VmHWM after a reset, process-wide, so the SNN column includes the ANN still "
         "held for comparison)"
     )
+    report(SPLIT_NOTE.format(reps=args.decode_reps))
     for line in limits:
         report(line)
     return results
