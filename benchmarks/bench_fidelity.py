@@ -58,8 +58,8 @@ from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # no
 BUDGET = 1.01
 SWEEPS: dict[str, tuple[str, tuple[float, ...], dict]] = {
     # label: (swept field, values, other fields)
-    "spikingbrain": ("k", (1.5, 2.0, 2.5, 3.0, 3.5, 4.0), {}),
-    "spikelm": ("spike_weight", (0.02, 0.035, 0.05, 0.065), {"recipe": "spikelm"}),
+    "spikingbrain": ("k", (1.5, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0), {}),
+    "spikelm": ("spike_weight", (0.02, 0.035, 0.04, 0.045, 0.05, 0.065), {"recipe": "spikelm"}),
 }
 DEMO_ONLY = {
     "error-aware rounding (cost .3)": ("k", (3.0, 4.0), {"spike_cost": 0.3}),
