@@ -65,6 +65,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -586,16 +587,11 @@ LINEAR_FORWARDS = (nn.Linear, SpikingLinear, torch.ao.nn.quantized.dynamic.Linea
 
 @contextlib.contextmanager
 def _replaced(patches: Iterable[tuple[object, str, object]]) -> Iterator[None]:
-    """Each ``(owner, attribute, value)`` set for the block, then the old values back."""
-    patches = list(patches)
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    try:
+    """Each ``(owner, attribute, value)`` set for the block (``unittest.mock.patch.object``)."""
+    with contextlib.ExitStack() as stack:
         for owner, name, value in patches:
-            setattr(owner, name, value)
+            stack.enter_context(mock.patch.object(owner, name, value))
         yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 def _previous_output(forward: Callable) -> Callable:
