@@ -291,12 +291,8 @@ def numba_path(path: str) -> Iterator[None]:
     """Force the numba backend's path (``counts``, ``events`` or ``auto``) for the block."""
     from spikelm.backends.numba import driver
 
-    previous = driver.PATH
-    driver.PATH = path
-    try:
+    with mock.patch.object(driver, "PATH", path):
         yield
-    finally:
-        driver.PATH = previous
 
 
 def rotate(calls: list[Callable[[], object]]) -> Callable[[], object]:

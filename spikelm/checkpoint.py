@@ -29,6 +29,10 @@ in ``model-00001-of-0000N.safetensors`` files listed by ``model.safetensors.inde
 Face's ``weight_map``) instead of ``model.safetensors``; it is version 4, which readers of
 versions 1-3 refuse.
 
+A layer whose neuron records a decode gain (``"neuron": {"k": 2.4, "gain": 0.97}``, the
+``spikelm`` recipe's, :mod:`spikelm.learn`) makes the checkpoint version 5 (sharded or not), which
+readers of versions 1-4 refuse: they would decode its spikes at the wrong amplitude.
+
 ``spike_config`` leaves out the recipe fields at their defaults (``config.LATER_FIELDS``), so a
 checkpoint of SpikingBrain's recipe reads in spikelm versions from before recipes.
 """
@@ -53,7 +57,7 @@ from spikelm.config import SpikeConfig
 from spikelm.errors import CheckpointError, ConfigError, SpikelmError
 from spikelm.fileio import atomic_directory, one_line, safetensors_header, tensor_files
 from spikelm.fusion import FusedSpikingLinear, SharedInputSlice, fused_name, install
-from spikelm.layers import SpikingLinear, spiking_layers
+from spikelm.layers import SpikingLinear, checked_gain, spiking_layers
 from spikelm.outputs import check_output
 from spikelm.targets import set_submodule
 
@@ -66,7 +70,9 @@ NEURON_VERSION = 3
 """The version of a checkpoint in which some layer records its own neuron parameters."""
 SHARDED_VERSION = 4
 """The version of a checkpoint whose tensors are in shards listed by :data:`INDEX`."""
-VERSIONS = (VERSION, FUSED_VERSION, NEURON_VERSION, SHARDED_VERSION)
+GAIN_VERSION = 5
+"""The version of a checkpoint in which some layer records a decode gain (sharded or not)."""
+VERSIONS = (VERSION, FUSED_VERSION, NEURON_VERSION, SHARDED_VERSION, GAIN_VERSION)
 MANIFEST = "spikelm.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -118,7 +124,9 @@ def manifest_for(
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``spikelm.json`` of a checkpoint, at the lowest version that holds what it records."""
-    if sharded:
+    if any("gain" in entry.get("neuron", {}) for entry in layers.values()):
+        version = GAIN_VERSION
+    elif sharded:
         version = SHARDED_VERSION
     elif any("neuron" in entry for entry in layers.values()):
         version = NEURON_VERSION
@@ -292,8 +300,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_neuron(manifest: dict[str, Any], name: str, where: Path) -> None:
-    """A layer's ``neuron`` entry: version 3 only, an object of known parameters whose values
-    a ``SpikeConfig`` accepts."""
+    """A layer's ``neuron`` entry: version 3 on (a gain: version 5 on), an object of known
+    parameters whose values a ``SpikeConfig`` (a gain: :func:`checked_gain`) accepts."""
     neuron = manifest["layers"][name].get("neuron")
     if neuron is None:
         return
@@ -307,8 +315,16 @@ def _check_neuron(manifest: dict[str, Any], name: str, where: Path) -> None:
             f"{where}: layer {name!r}: 'neuron' must be an object of "
             f"{', '.join(SpikingLinear.NEURON)}, got {json.dumps(neuron)[:80]}"
         )
+    if "gain" in neuron and manifest["version"] < GAIN_VERSION:
+        raise CheckpointError(
+            f"{where}: layer {name!r} records a decode gain, which needs checkpoint version "
+            f"{GAIN_VERSION}"
+        )
     try:
-        SpikeConfig.from_dict({**manifest["spike_config"], **neuron})
+        if "gain" in neuron:
+            checked_gain(neuron["gain"])
+        config_fields = {key: value for key, value in neuron.items() if key != "gain"}
+        SpikeConfig.from_dict({**manifest["spike_config"], **config_fields})
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{where}: layer {name!r}: bad neuron parameters ({one_line(error)})"
@@ -516,12 +532,12 @@ def _check_member(
 
 
 def _weight_files(path: Path, manifest: dict[str, Any]) -> dict[str, Path]:
-    """Which file holds each stored tensor: ``model.safetensors``, or (version 4) the shards of
+    """Which file holds each stored tensor: ``model.safetensors``, or (version 4 on) the shards of
     :data:`INDEX`; every file checked complete (:func:`spikelm.fileio.tensor_files`)."""
     single, sharded = (path / WEIGHTS).is_file(), (path / INDEX).is_file()
     if not single and not sharded:
         raise CheckpointError(f"{path / WEIGHTS}: missing weights file")
-    if not single and manifest["version"] != SHARDED_VERSION:
+    if not single and manifest["version"] < SHARDED_VERSION:
         raise CheckpointError(
             f"{path / MANIFEST}: a version {manifest['version']} checkpoint keeps its tensors in "
             f"{WEIGHTS}, which is missing"

@@ -127,7 +127,7 @@ def _fidelity_table(result) -> str:
             notes.append(f"{score.name}: {note}")
     config = result.config
     recipe = (
-        f"recipe=spikelm (per-layer k learned from k={config.k}, spike_weight="
+        f"recipe=spikelm (per-layer k and decode gain learned from k={config.k}, spike_weight="
         f"{config.spike_weight}, spike_cost={config.spike_cost}; steps added where counts clamp)"
         if config.recipe == "spikelm"
         else f"recipe={config.recipe}"

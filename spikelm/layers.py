@@ -5,7 +5,8 @@ For an input ``x[..., in]``:
     u      = x / d                                  (d: per-channel divisor from calibration)
     V_th   = mean|u| / k  (dynamic, per token)  or  a calibrated constant (static)
     s_int  = clamp(round(u / V_th), lo, hi)          (the adaptive-threshold neuron)
-    y      = V_th * sum_t c_t W_q' s_t * scale + b   (W_q' = int codes of W diag(d))
+    V_out  = g * V_th                                (decode gain g, 1 unless a recipe set it)
+    y      = V_out * sum_t c_t W_q' s_t * scale + b  (W_q' = int codes of W diag(d))
 
 The divisor ``d`` carries outlier migration and per-channel static thresholds, folded into the
 weights before they are quantized. The matmul itself is done by a backend (``spikelm.backends``).
@@ -14,6 +15,7 @@ weights before they are quantized. The matmul itself is done by a backend (``spi
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -22,8 +24,9 @@ from torch import nn
 from spikelm.backends import select
 from spikelm.config import SpikeConfig
 from spikelm.encoders import get_coder
+from spikelm.errors import ConfigError
 from spikelm.estimators import SpikeStats
-from spikelm.neurons import adaptive_threshold_spikes, dynamic_threshold
+from spikelm.neurons import adaptive_threshold_spikes, decode_level, dynamic_threshold
 from spikelm.quant import dequantize_weight, group_count
 
 
@@ -47,6 +50,7 @@ class SpikingLinear(nn.Module):
         self.count_range = config.count_range
         self.dynamic = config.threshold == "dynamic"
         self.spike_cost = config.spike_cost
+        self.gain = 1.0
         self.backend = backend
         groups = group_count(in_features, config.group_size)
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -59,23 +63,30 @@ class SpikingLinear(nn.Module):
         self.probe: Probe | None = None
         """``probe(layer, counts)`` on every forward: statistics, recording (see :func:`probed`)."""
 
-    NEURON = ("k", "steps")
+    NEURON = ("k", "steps", "gain")
     """The neuron parameters a layer may hold apart from its config (a recipe sets them per
-    layer; :meth:`neuron_overrides`)."""
+    layer; :meth:`neuron_overrides`). ``gain`` is not a config field: its default is 1."""
 
-    def set_neuron(self, *, k: float | None = None, steps: int | None = None) -> None:
-        """Set this layer's threshold divisor ``k`` and/or its time steps ``T`` (the count range
-        follows ``T``); cached layouts are dropped. Values are checked as ``SpikeConfig`` checks
-        them."""
+    def set_neuron(
+        self, *, k: float | None = None, steps: int | None = None, gain: float | None = None
+    ) -> None:
+        """Set this layer's threshold divisor ``k``, its time steps ``T`` (the count range
+        follows ``T``) and/or its decode gain ``g`` (rounded to float32, as it is applied);
+        cached layouts are dropped. ``k`` and ``T`` are checked as ``SpikeConfig`` checks them,
+        ``g`` must be a positive finite number."""
         checked = SpikeConfig(coding=self.coding, k=self.k if k is None else k,
                               steps=self.steps if steps is None else steps)  # fmt: skip
+        if gain is not None:
+            self.gain = checked_gain(gain)
         self.k, self.steps, self.count_range = checked.k, checked.steps, checked.count_range
         self.clear_derived()
 
     def neuron_overrides(self, config: SpikeConfig) -> dict[str, float | int]:
-        """The neuron parameters of :data:`NEURON` in which this layer differs from ``config``."""
+        """The neuron parameters of :data:`NEURON` in which this layer differs from ``config``
+        (a gain of 1 is the default)."""
+        defaults = {"k": config.k, "steps": config.steps, "gain": 1.0}
         return {key: getattr(self, key) for key in self.NEURON
-                if getattr(self, key) != getattr(config, key)}  # fmt: skip
+                if getattr(self, key) != defaults[key]}  # fmt: skip
 
     def _weights_token(self) -> tuple:
         """What the derived tensors depend on: device, storage and version of the weight buffers."""
@@ -170,7 +181,7 @@ class SpikingLinear(nn.Module):
         else:
             rows = x.reshape(-1, self.in_features)
             counts, v_th = self.spike_counts(rows)
-            y = backend.linear(self, counts, v_th)  # it notes the path it ran
+            y = backend.linear(self, counts, decode_level(v_th, self.gain))  # notes its path
             if self.probe is not None:
                 self.probe(self, counts)
             if self.bias is not None:
@@ -184,8 +195,19 @@ class SpikingLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"coding={self.coding}, T={self.steps}, k={self.k}, threshold={mode}, "
-            f"backend={self.backend}"
+            + (f"gain={self.gain}, " if self.gain != 1.0 else "")
+            + f"backend={self.backend}"
         )
+
+
+def checked_gain(gain: object) -> float:
+    """A decode gain as layers hold it: a positive finite number, rounded to float32."""
+    value = math.nan
+    if isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(gain):
+        value = float(torch.tensor(gain, dtype=torch.float32))
+    if not 0 < value < math.inf:
+        raise ConfigError(f"a decode gain must be a positive finite float32 number, got {gain!r}")
+    return value
 
 
 Probe = Callable[[SpikingLinear, torch.Tensor], None]

@@ -1,4 +1,4 @@
-"""Learned post-training thresholds: one parameter per spiking layer, fitted against spikes.
+"""Learned post-training thresholds (and decode gains) per spiking layer, fitted against spikes.
 
 After conversion every :class:`~spikelm.layers.SpikingLinear` ``l`` keeps one scalar that sets
 its threshold: ``k_l`` of the dynamic rule ``V_l = mean|u| / k_l`` (per token), or the constant
@@ -16,20 +16,26 @@ a smooth count of spikes per channel, pooled over layers as :class:`SpikeStats` 
 ``spike_cost``), then the coder's event count (popcount for bitwise codes); tabulated once per
 neuron and interpolated linearly, so it is differentiable in ``V``.
 
+Beside ``theta_l``, each layer learns its decode gain ``g_l`` (``gamma_l = log g_l``): the
+amplitude a count decodes to, ``x_hat = g_l V_l n``, where the threshold that counts it stays
+``V_l``. Rounding that saves spikes (error-aware counts, large ``V``) is biased toward smaller
+counts, and the gain re-centres what the next layer receives; it fires no spike.
+
 Gradients go through the neuron's rounding with the LSQ straight-through rule,
-``x_hat = V * (a_c + stop_grad(n - a_c))`` with ``a_c = clamp(u / V, lo, hi)`` and ``n`` the
-layer's own counts (nearest or error-aware rounding), so ``d x_hat / d V = n - u / V`` inside
-the range and ``n`` at its edges (``estimator="ste"``, the default); or, with
+``x_hat = g V (a_c + stop_grad(n - a_c))`` with ``a_c = clamp(u / V, lo, hi)`` and ``n`` the
+layer's own counts (nearest or error-aware rounding), so ``d x_hat / d V = g (n - u / V)``
+inside the range and ``g n`` at its edges (``estimator="ste"``, the default); or, with
 ``estimator="noise"``, the rounding error is replaced by seeded uniform noise,
-``x_hat = V * (a_c + eps)``, the dithered quantizer whose expected spikes ``e~`` counts. While
+``x_hat = g V (a_c + eps)``, the dithered quantizer whose expected spikes ``e~`` counts. While
 learning, error-aware counts come from a table of the rule on a grid of ``1/32`` in ``a``.
-Only the threshold scalars move: the weight buffers (``weight_q``, ``weight_scale``,
+Only the threshold and gain scalars move: the weight buffers (``weight_q``, ``weight_scale``,
 ``input_divisor``, ``bias``) are never written.
 
 The learned values live in ``layer.k`` (dynamic layers, a plain attribute) and the
-``layer.threshold`` buffer (static layers). The teacher's log-probabilities are computed once;
-each step is one spiking forward and backward on one batch, linear in the model's size (the
-weights frozen, activations kept for the backward as in training).
+``layer.threshold`` buffer (static layers), the gains in ``layer.gain``. The teacher's
+log-probabilities are computed once; each step is one spiking forward and backward on one batch,
+linear in the model's size (the weights frozen, activations kept for the backward as in
+training).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class LearnReport:
     Attributes:
         values: the learned ``k`` (dynamic layers) or threshold (static layers), by layer name.
         initial: the values before learning, by layer name.
+        gains: each layer's decode gain after learning (unchanged without ``gains``).
         kl: mean next-token KL (nats per token) of the first and the last epoch of steps.
         spikes: smooth spikes per channel ``S`` of the first and the last epoch of steps.
         steps: optimiser steps taken.
@@ -65,11 +72,15 @@ class LearnReport:
 
     values: dict[str, float]
     initial: dict[str, float]
+    gains: dict[str, float]
     kl: tuple[float, float]
     spikes: tuple[float, float]
     steps: int
     history: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
+
+GAIN_RANGE = (0.5, 2.0)
+"""Where a learned decode gain is kept."""
 
 GRID = 32
 """Samples per unit of ``a = |u| / V`` in the table of smoothed spike counts."""
@@ -131,8 +142,10 @@ class _Learner:
         theta: nn.Parameter,
         totals: list,
         noise: torch.Generator | None = None,
+        gamma: nn.Parameter | None = None,
     ) -> None:
         self.layer, self.theta, self.totals, self.noise = layer, theta, totals, noise
+        self.gamma = gamma  # log of the decode gain; None: the layer's own gain, fixed
         self.table = event_table(layer.coding, layer.steps, float(layer.spike_cost))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +179,8 @@ class _Learner:
         else:  # dithered: the rounding error as uniform noise, so d x_hat / d V = eps
             eps = torch.rand(scaled.shape, generator=self.noise) - 0.5
             n = scaled + torch.where(scaled.abs() < hi, eps, torch.zeros_like(eps))
-        y = (n * v_th) @ layer.dequantized_weight().t()
+        level = v_th * (torch.exp(self.gamma) if self.gamma is not None else layer.gain)
+        y = (n * level) @ layer.dequantized_weight().t()
         if layer.bias is not None:
             y = y + layer.bias
         self.totals[0] = self.totals[0] + smooth_events(scaled.abs(), self.table).sum()
@@ -181,11 +195,13 @@ def _learning(
     thetas: dict[str, nn.Parameter],
     totals: list,
     noise: torch.Generator | None,
+    gammas: dict[str, nn.Parameter] | None = None,
 ) -> Iterator[None]:
     """Each layer's forward replaced by its differentiable one for the block (restored after)."""
     try:
         for name, layer in layers.items():
-            layer.forward = _Learner(layer, thetas[name], totals, noise)  # shadows the method
+            gamma = None if gammas is None else gammas[name]
+            layer.forward = _Learner(layer, thetas[name], totals, noise, gamma)  # shadows it
         yield
     finally:
         for layer in layers.values():
@@ -237,7 +253,13 @@ def _check_budget(
         )
 
 
-def _check(spike_weight: float, steps: int, lr: float, k_range: tuple[float, float]) -> None:
+def _check(
+    spike_weight: float,
+    steps: int,
+    lr: float,
+    k_range: tuple[float, float],
+    gain_range: tuple[float, float],
+) -> None:
     if not (isinstance(spike_weight, (int, float)) and math.isfinite(spike_weight)):
         raise ConfigError(f"spike_weight must be a finite number >= 0, got {spike_weight!r}")
     if spike_weight < 0:
@@ -249,6 +271,9 @@ def _check(spike_weight: float, steps: int, lr: float, k_range: tuple[float, flo
     low, high = k_range
     if not (0 < low <= high < math.inf):
         raise ConfigError(f"k_range must be 0 < low <= high < inf, got {k_range!r}")
+    low, high = gain_range
+    if not 0 < low <= 1.0 <= high < math.inf:
+        raise ConfigError(f"gain_range must be 0 < low <= 1 <= high < inf, got {gain_range!r}")
 
 
 def learn_thresholds(
@@ -266,16 +291,19 @@ def learn_thresholds(
     estimator: str = "ste",
     run: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     spike_budget: float | None = None,
+    gains: bool = True,
+    gain_range: tuple[float, float] = GAIN_RANGE,
 ) -> LearnReport:
-    """Fit one threshold scalar per spiking layer of ``model`` (converted from ``reference``).
+    """Fit one threshold scalar (and one decode gain) per spiking layer of ``model`` (converted
+    from ``reference``).
 
     Minimises ``KL(p_ann || p_snn) + spike_weight * spikes/channel`` (see the module docstring)
     with Adam on ``theta_l = log k_l`` (dynamic) or ``-log V_l`` (static), ``steps`` steps over
     the calibration ``batches`` (token ids ``[B, L]``, never the evaluation text) in an order
     drawn from ``seed``. Dynamic ``k`` is kept in ``k_range``; a static threshold ``V0``
     (calibrated with ``k0 = layer.k``) within ``[V0 k0 / k_high, V0 k0 / k_low]``. Sets
-    ``layer.k`` / ``layer.threshold`` in place (the weight buffers are untouched) and returns a
-    :class:`LearnReport`.
+    ``layer.k`` / ``layer.threshold`` (and ``layer.gain``) in place (the weight buffers are
+    untouched) and returns a :class:`LearnReport`.
 
     ``spike_weight = 0`` only fits fidelity; larger values buy fewer spikes with more KL (on the
     demo model 0.02 .. 0.06 spans +0.5% .. +2% perplexity). ``layers`` (names) restricts learning
@@ -286,6 +314,10 @@ def learn_thresholds(
     :func:`spikelm.fidelity.logits_of`). A fused layer (:mod:`spikelm.fusion`) learns one ``k``
     for all its members, as ``tie`` does for unfused siblings.
 
+    ``gains``: also learn each layer's decode gain ``g_l`` (``V_out = g_l V_th``, tied as the
+    thresholds are, kept in ``gain_range``), beside its threshold: it does not change which
+    spikes fire, only what they decode to.
+
     ``spike_budget`` (spikes per channel): the weight then adapts every step, starting from
     ``spike_weight``, ``lambda <- lambda exp(BUDGET_RATE (S / budget - 1))`` (dual ascent), so that
     the learned thresholds spend about the budget; a budget below what the smallest ``k`` of
@@ -294,7 +326,7 @@ def learn_thresholds(
     Raises :class:`ConfigError` for an empty calibration set, a model without spiking layers, a
     ``layers`` or ``tie`` name that is not one, a budget no threshold can meet, or a bad option.
     """
-    _check(spike_weight, steps, lr, k_range)
+    _check(spike_weight, steps, lr, k_range, gain_range)
     if estimator not in ("ste", "noise"):
         raise ConfigError(f"estimator must be 'ste' or 'noise', got {estimator!r}")
     run = run or logits_of
@@ -329,6 +361,13 @@ def learn_thresholds(
             raise ConfigError(f"tie group {group} mixes thresholds: {sorted(modes)}")
         for name in group[1:]:
             thetas[name] = thetas[group[0]]
+    gammas = None
+    if gains:
+        shared = {id(theta): nn.Parameter(torch.tensor(0.0)) for theta in thetas.values()}
+        gammas = {name: shared[id(theta)] for name, theta in thetas.items()}
+        with torch.no_grad():
+            for name, gamma in gammas.items():
+                gamma.fill_(math.log(min(max(found[name].gain, gain_range[0]), gain_range[1])))
     low, high = math.log(k_range[0]), math.log(k_range[1])
     bounds = {  # dynamic: k in k_range; static: V in [V0 k0 / k_high, V0 k0 / k_low], k0 = layer.k
         name: (low, high)
@@ -341,7 +380,7 @@ def learn_thresholds(
     }
     generator = torch.Generator().manual_seed(seed)
     noise = torch.Generator().manual_seed(seed + 1) if estimator == "noise" else None
-    unique = list({id(t): t for t in thetas.values()}.values())
+    unique = list({id(t): t for t in [*thetas.values(), *(gammas or {}).values()]}.values())
     optimizer = torch.optim.Adam(unique, lr=lr)
     history: list[tuple[float, float]] = []
     with _frozen(reference, model):
@@ -355,7 +394,7 @@ def learn_thresholds(
                 order = torch.randperm(len(data), generator=generator).tolist()
             index = order.pop()
             totals: list = [torch.zeros(()), 0]
-            with _learning(found, thetas, totals, noise):
+            with _learning(found, thetas, totals, noise, gammas):
                 logits = run(model, data[index])[:, :-1].float()
             student = F.log_softmax(logits, dim=-1)
             target = teacher[index]
@@ -368,6 +407,8 @@ def learn_thresholds(
             with torch.no_grad():
                 for name, theta in thetas.items():
                     theta.clamp_(*bounds[name])
+                for gamma in (gammas or {}).values():
+                    gamma.clamp_(math.log(gain_range[0]), math.log(gain_range[1]))
             history.append((float(kl.detach()), float(spikes.detach())))
             if spike_budget is not None:
                 ratio = float(spikes.detach()) / spike_budget - 1
@@ -378,6 +419,8 @@ def learn_thresholds(
             layer.set_neuron(k=value)
         else:
             layer.threshold.copy_(torch.tensor(1.0 / value, dtype=layer.threshold.dtype))
+        if gammas is not None:
+            layer.set_neuron(gain=math.exp(float(gammas[name].detach())))
     epoch = max(1, min(len(data), len(history) // 2 or 1))
     first, last = history[:epoch], history[-epoch:]
 
@@ -387,6 +430,7 @@ def learn_thresholds(
     return LearnReport(
         values={n: float(m.k) if m.dynamic else float(m.threshold) for n, m in found.items()},
         initial=initial,
+        gains={n: m.gain for n, m in found.items()},
         kl=(mean(first, 0), mean(last, 0)),
         spikes=(mean(first, 1), mean(last, 1)),
         steps=steps,

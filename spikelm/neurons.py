@@ -7,7 +7,11 @@ Functional first (pure functions of input, state and parameters), with thin ``nn
     V_th   = mean_c(|x|) / k                       (dynamic: per token)     or a calibrated constant
              (the mean's sum in a fixed pairwise order, so that every runtime gets the same bits)
     s_int  = clamp(sign(x) * ceil(|x| / V_th - 1/2), lo, hi)             (round, ties toward 0)
-    x_hat  = V_th * s_int
+    x_hat  = V_out * s_int,     V_out = g * V_th   (one float32 product; g = 1 by default)
+
+The decode gain ``g`` lets the amplitude a spike stands for differ from the threshold that
+counts it (a recipe learns it per layer: rounding that saves spikes is biased, and a gain
+re-centres it); ``g = 1`` leaves ``V_out = V_th`` bit for bit.
 
 A static threshold is a tensor that broadcasts against ``x`` (a scalar per tensor, or ``[C]``
 per channel), fixed after calibration so that hardware can hold it as a constant.
@@ -79,6 +83,14 @@ def dynamic_threshold(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
     if not k > 0:
         raise ConfigError(f"k must be positive, got {k}")
     return fixed_order_sum(x.abs()) / x.shape[-1] / k
+
+
+def decode_level(v_th: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """``V_out = g * V_th``, the amplitude one unit of count decodes to: one float32 product per
+    token (the same bits in every runtime); ``v_th`` itself when ``g = 1``."""
+    if gain == 1.0:
+        return v_th
+    return v_th * torch.tensor(gain, dtype=v_th.dtype, device=v_th.device)
 
 
 @functools.lru_cache(maxsize=128)

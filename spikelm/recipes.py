@@ -5,8 +5,8 @@
     1. steps where counts saturate (:func:`widen_saturated`): a layer that clamps more than
        :data:`~spikelm.saturation.SATURATION_LIMIT` of its counts gets one more time step at a
        time (bitwise codes double their range per step), at most ``MAX_EXTRA_STEPS``;
-    2. learned per-layer thresholds (:mod:`spikelm.learn`), with the spike count in the
-       objective (``SpikeConfig.spike_weight``, the trade-off knob);
+    2. learned per-layer thresholds and decode gains (:mod:`spikelm.learn`), with the spike
+       count in the objective (``SpikeConfig.spike_weight``, the trade-off knob);
     3. the saturation check again, since learned thresholds move the counts.
   Weights stay as the conversion quantized them: only neuron parameters move.
 """
@@ -64,7 +64,8 @@ def apply_recipe(
     reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run ``config.recipe``'s steps after conversion on the calibration ``batches``; returns
-    what they changed: ``{"steps": {layer: T}, "k": {layer: k}}`` (empty for ``spikingbrain``).
+    what they changed: ``{"steps": {layer: T}, "k": {layer: k}, "gain": {layer: g}}`` (empty for
+    ``spikingbrain``).
 
     ``reference`` is the float model the spiking ``model`` was converted from: thresholds are
     learned against its next-token distribution, for language models (a model whose family has
@@ -86,6 +87,7 @@ def apply_recipe(
             run=calibration_logits, spike_budget=config.spike_budget,
         )  # fmt: skip
         changed["k"] = report.values
+        changed["gain"] = report.gains
         changed["steps"].update(widen_saturated(model, measured, run))
     return changed
 

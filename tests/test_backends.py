@@ -145,6 +145,40 @@ def test_backends_agree_with_the_reference(coding: str, group_size: int | None, 
     assert torch.equal(direct, reference_acc)
 
 
+@pytest.mark.parametrize("threshold", ["dynamic", "static_tensor"])
+@pytest.mark.parametrize("spike_cost", [0.0, 0.3])
+def test_a_decode_gain_scales_every_backend_the_same(threshold: str, spike_cost: float) -> None:
+    """``V_out = g V_th`` (one float32 product): the exact backends and numba's one-call path agree
+    bit for bit, the same spikes fire as without the gain, and the outputs scale by ``g``."""
+    config = SpikeConfig(threshold=threshold, spike_cost=spike_cost, group_size=16)
+    layer = SpikingLinear(48, 40, config, name="test")
+    weight_q, scale = quantize_weight(torch.randn(40, 48), 8, 16)
+    layer.weight_q.copy_(weight_q)
+    layer.weight_scale.copy_(scale)
+    layer.bias.normal_(generator=torch.Generator().manual_seed(5))
+    if threshold != "dynamic":
+        layer.threshold.fill_(0.3)
+    x = torch.randn(6, 48, generator=torch.Generator().manual_seed(6))
+    spikes = []
+    layer.probe = lambda _layer, counts: spikes.append(counts)
+    with torch.no_grad():
+        before = layer(x) - layer.bias
+        layer.set_neuron(gain=1.25)
+        outputs = {}
+        for name in [*INT_BACKENDS, "torch"]:
+            layer.backend = name
+            outputs[name] = layer(x)
+    reference = outputs["reference"]
+    for name in INT_BACKENDS:
+        assert torch.equal(outputs[name], reference), name
+    assert _close_to(outputs["torch"], reference)
+    assert all(torch.equal(counts, spikes[0]) for counts in spikes)  # the gain fires nothing
+    assert _close_to(1.25 * before, reference - layer.bias)  # before: the torch backend's
+    with pytest.raises(ConfigError, match="decode gain must be a positive finite"):
+        layer.set_neuron(gain=0.0)
+    assert layer.gain == 1.25
+
+
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_silent_layer_gives_the_bias(name: str) -> None:
     layer = _layer("bitwise_bidirectional", 8, 16)

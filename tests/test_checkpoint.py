@@ -151,6 +151,49 @@ def test_a_layer_with_its_own_neuron_is_saved_as_version_3_and_restored(tmp_path
         assert not torch.equal(restored(ids), model(ids))  # the override mattered
 
 
+def test_a_decode_gain_is_saved_as_version_5_and_restored(tmp_path) -> None:
+    model = _dynamic_model()
+    name = next(n for n, m in model.named_modules() if isinstance(m, SpikingLinear))
+    model.get_submodule(name).set_neuron(k=2.5, gain=0.9)
+    gain = model.get_submodule(name).gain
+    assert gain == float(torch.tensor(0.9, dtype=torch.float32)) != 0.9  # held as float32
+    out = spikelm.save(model, tmp_path / "ckpt")
+    manifest = json.loads((out / "spikelm.json").read_text())
+    assert manifest["version"] == 5
+    assert manifest["layers"][name]["neuron"] == {"k": 2.5, "gain": gain}
+    restored = spikelm.load(out)
+    assert restored.get_submodule(name).gain == gain
+    ids = _ids(3)
+    with torch.no_grad():
+        assert torch.equal(restored(ids), model(ids))
+        restored.get_submodule(name).set_neuron(gain=1.0)
+        assert not torch.equal(restored(ids), model(ids))  # the gain mattered
+
+
+@pytest.mark.parametrize(
+    ("gain", "version", "expected"),
+    [
+        (0.9, 3, "needs checkpoint version 5"),
+        (0.9, 4, "needs checkpoint version 5"),
+        (-1.0, 5, "bad neuron parameters"),
+        ("1", 5, "bad neuron parameters"),
+        (1e39, 5, "bad neuron parameters"),  # inf as float32
+    ],
+)
+def test_a_bad_decode_gain_is_a_one_line_error(tmp_path, gain, version, expected) -> None:
+    model = _dynamic_model()
+    name = next(n for n, m in model.named_modules() if isinstance(m, SpikingLinear))
+    model.get_submodule(name).set_neuron(gain=0.9)
+    out = spikelm.save(model, tmp_path / "ckpt")
+    manifest = json.loads((out / "spikelm.json").read_text())
+    manifest["version"] = version
+    manifest["layers"][name]["neuron"]["gain"] = gain
+    (out / "spikelm.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpikelmError, match=expected) as info:
+        spikelm.load(out)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

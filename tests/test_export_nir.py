@@ -324,3 +324,36 @@ def test_error_aware_rounding_is_named_in_the_layer_metadata(tmp_path):
     result = export_nir(model, tmp_path / "e.nir", layers=name)
     meta = nir.read(result.path).nodes[name].metadata
     assert float(meta["spike_cost"]) == 0.3 and "error-aware" in str(meta["rounding"])
+
+
+@pytest.mark.parametrize("threshold", ["dynamic", "static_tensor"])
+def test_a_decode_gain_is_in_the_graph_or_named_outside_it(threshold, tmp_path):
+    """Static: the threshold node scales by ``V_out = g V_th`` and the graph gives the layer's
+    outputs; dynamic: the metadata names the gain beside ``k`` and the traces keep spikelm's
+    outputs."""
+    calib = torch.tensor(list(load_demo_texts()[0].encode()[:256])).unsqueeze(0)
+    config = spikelm.SpikeConfig(threshold=threshold)
+    model = spikelm.spiking(load_demo_model(), config, [calib], progress=False, fuse=False)
+    name = "layers.0.mlp.down_proj"
+    layer = model.get_submodule(name)
+    assert layer.bias is None
+    layer.set_neuron(gain=1.125)
+    path = tmp_path / "gain.nir"
+    export_nir(model, path, layers=name, reference_tokens=TOKENS)
+    sub = nir.read(path).nodes[name]
+    assert sub.metadata["gain"] == 1.125
+    inputs = _inputs(model, (name,))[name]
+    counts, v_th = layer.spike_counts(inputs)
+    with torch.no_grad():
+        reference = layer(inputs)
+    if threshold == "dynamic":
+        assert sub.metadata["outside_graph"].startswith("y = gain * v_th * output")
+        _, output = _run_nirtorch(sub, _train(layer, counts))
+        y = output * (v_th * 1.125).double()  # down_proj has no bias
+    else:
+        scale = sub.nodes["threshold"].scale
+        assert np.all(scale == np.float32(layer.threshold.item() * np.float32(1.125)))
+        _, y = _run_nirtorch(sub, _train(layer, counts))
+    torch.testing.assert_close(y, reference.double(), rtol=1e-5, atol=1e-6)
+    outputs = nir.read_data(path).nodes[name].nodes["output"].observables
+    assert np.array_equal(outputs["layer_output"].data[0], reference.numpy())

@@ -520,3 +520,33 @@ def test_graph_error_aware_rounding_picks_the_torch_counts(coding, steps, cost, 
     assert (want.abs() > 0).any() and (want != spike_counts(rows, v_th, layer.count_range)).any()
     want_y = epilogue(accumulators(layer, want), layer.weight_scale, v_th) + layer.bias
     assert np.array_equal(y, want_y.numpy())
+
+
+@pytest.mark.parametrize("threshold", ["dynamic", "static_tensor"])
+def test_graphs_decode_with_the_layer_gain(threshold: str, tmp_path) -> None:
+    """A learned decode gain (``V_out = g V_th``, one float32 product): the layer's graph, fed
+    inputs or spikes, gives spikelm's outputs bit for bit, and they differ from gain 1's."""
+    torch.manual_seed(2)
+    config = SpikeConfig(threshold=threshold)
+    calibration = [torch.randn(16, 128) for _ in range(2)]
+    net = spikelm.spiking(nn.Sequential(nn.Linear(128, 24)), config, calibration, progress=False)
+    layer = spiking_layers(net)["0"]
+    layer.backend = "reference"
+    x = torch.randn(9, 128) * 2
+    with torch.no_grad():
+        plain = layer(x)
+        layer.set_neuron(gain=0.93)
+        want = layer(x)
+        counts, v_th = layer.spike_counts(x)
+    assert not torch.equal(want, plain)
+    y, graph_counts = _session(_export_neuron(layer, x[:2], tmp_path / "x.onnx")).run(
+        None, {"x": x.numpy()}
+    )
+    assert np.array_equal(graph_counts, counts.numpy().astype(graph_counts.dtype))
+    assert np.array_equal(y, want.numpy())
+    export_layer_onnx(layer, tmp_path / "spikes.onnx")
+    feed = {"spikes": get_coder(layer.coding).encode(counts, layer.steps).numpy()}
+    if threshold == "dynamic":
+        feed["threshold"] = v_th.numpy()  # the threshold that counted them; the graph decodes
+    y, _ = _session(tmp_path / "spikes.onnx").run(None, feed)
+    assert np.array_equal(y, want.numpy())

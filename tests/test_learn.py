@@ -1,4 +1,5 @@
-"""Learned thresholds: weights untouched, deterministic, spikes traded for fidelity, errors."""
+"""Learned thresholds and decode gains: weights untouched, deterministic, spikes traded for
+fidelity, errors."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def test_weights_stay_bit_identical_and_k_moves(converted) -> None:
     assert set(report.values) == set(layers)
     assert all(isinstance(layer.k, float) for layer in layers.values())
     assert any(layer.k != 3.0 for layer in layers.values())
+    assert report.gains == {name: layer.gain for name, layer in layers.items()}
+    assert any(gain != 1.0 for gain in report.gains.values())  # decode gains learned too
     assert all(p.requires_grad for p in ann.parameters())  # restored after learning
     assert all("forward" not in layer.__dict__ for layer in layers.values())
 
@@ -70,7 +73,7 @@ def test_same_seed_same_thresholds(converted, estimator: str) -> None:
         learn_thresholds(
             ann, model, batches, spike_weight=0.05, steps=3, seed=seed, estimator=estimator
         )
-        runs.append({name: layer.k for name, layer in spiking_layers(model).items()})
+        runs.append({n: (m.k, m.gain) for n, m in spiking_layers(model).items()})
     assert runs[0] == runs[1]
     if estimator == "noise":
         assert runs[0] != runs[2]
@@ -85,8 +88,27 @@ def test_tied_layers_share_k_and_still_fuse(converted) -> None:
     learn_thresholds(ann, model, batches, spike_weight=0.5, steps=3, lr=0.2, tie=[group])
     ks = {spiking_layers(model)[name].k for name in group}
     assert len(ks) == 1 and ks != {3.0}
+    assert len({spiking_layers(model)[name].gain for name in group}) == 1
     fuse(model, [group], model._spikelm_config)
     assert len(fused_layers(model)) == 1
+
+
+def test_without_gains_only_thresholds_move(converted) -> None:
+    ann, snn, batches = converted
+    model = copy.deepcopy(snn)
+    report = learn_thresholds(ann, model, batches, spike_weight=0.05, steps=3, gains=False)
+    layers = spiking_layers(model).values()
+    assert all(layer.gain == 1.0 for layer in layers) and set(report.gains.values()) == {1.0}
+    assert any(layer.k != 3.0 for layer in layers)
+
+
+def test_gains_stay_in_their_range(converted) -> None:
+    ann, snn, batches = converted
+    model = copy.deepcopy(snn)
+    learn_thresholds(ann, model, batches, spike_weight=0.0, steps=3, lr=1.0, gain_range=(0.9, 1.05))
+    gains = [layer.gain for layer in spiking_layers(model).values()]
+    assert all(0.9 - 1e-6 <= gain <= 1.05 + 1e-6 for gain in gains)
+    assert any(abs(gain - 1.0) > 0.04 for gain in gains)  # lr 1 drives some to an edge
 
 
 def test_error_aware_layers_learn_with_their_own_rounding(converted) -> None:
@@ -136,6 +158,8 @@ def test_static_thresholds_are_learned_as_buffers(converted) -> None:
         (None, {"layers": ["nope"]}, "nope"),
         (None, {"tie": [["nope"]]}, "nope"),
         (None, {"estimator": "magic"}, "estimator"),
+        (None, {"gain_range": (1.1, 2.0)}, "gain_range"),
+        (None, {"gain_range": (0.0, 2.0)}, "gain_range"),
     ],
 )
 def test_bad_input_is_a_config_error(converted, batches, options, message) -> None:
@@ -144,7 +168,7 @@ def test_bad_input_is_a_config_error(converted, batches, options, message) -> No
     kwargs = {"spike_weight": 0.1, "steps": 1, **options}
     with pytest.raises(ConfigError, match=message):
         learn_thresholds(ann, model, good if batches is None else batches, **kwargs)
-    assert all(layer.k == 3.0 for layer in spiking_layers(model).values())
+    assert all(layer.k == 3.0 and layer.gain == 1.0 for layer in spiking_layers(model).values())
 
 
 def test_unconverted_model_is_a_config_error(converted) -> None:

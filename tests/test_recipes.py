@@ -156,16 +156,18 @@ def test_convert_with_the_spikelm_recipe_from_the_command_line(hf_llama, tmp_pat
             "--calib-ids", ids, "--eval-ids", ids]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     printed = capsys.readouterr().out
-    assert "recipe=spikelm (per-layer k learned" in printed
+    assert "recipe=spikelm (per-layer k and decode gain learned" in printed
     import json
 
     manifest = json.loads((out / "spikelm.json").read_text())
-    assert manifest["version"] == 3 and manifest["spike_config"]["recipe"] == "spikelm"
+    assert manifest["version"] == 5 and manifest["spike_config"]["recipe"] == "spikelm"
     assert any("k" in entry.get("neuron", {}) for entry in manifest["layers"].values())
     model = spikelm.load(out)
     saved = {n: e["neuron"]["k"] for n, e in manifest["layers"].items() if "neuron" in e}
     loaded = {n: layer.k for n, layer in spiking_layers(model).items()}
     assert saved and all(loaded[n] == k != 3.0 for n, k in saved.items())  # learned, restored
+    gains = {n: e["neuron"]["gain"] for n, e in manifest["layers"].items() if "neuron" in e}
+    assert all(spiking_layers(model)[n].gain == g != 1.0 for n, g in gains.items())
     code = main(["convert", str(hf_llama), "--out", str(tmp_path / "none"), "--recipe", "spikelm"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err and "recipe=spikelm need calibration data" in err
@@ -177,10 +179,11 @@ def test_a_spikelm_recipe_checkpoint_reloads_to_identical_outputs(tmp_path) -> N
     snn = spikelm.spiking(
         ann, SpikeConfig(recipe="spikelm", steps=3), _batches(3, 32), progress=False
     )  # T=3 clamps, so some layers also get more steps
-    own = {n: (m.k, m.steps) for n, m in spiking_layers(snn).items()}
-    assert any(steps > 3 for _, steps in own.values())
+    own = {n: (m.k, m.steps, m.gain) for n, m in spiking_layers(snn).items()}
+    assert any(steps > 3 for _, steps, _ in own.values())
+    assert any(gain != 1.0 for _, _, gain in own.values())  # learned decode gains
     restored = spikelm.load(spikelm.save(snn, tmp_path / "ckpt"))
-    assert {n: (m.k, m.steps) for n, m in spiking_layers(restored).items()} == own
+    assert {n: (m.k, m.steps, m.gain) for n, m in spiking_layers(restored).items()} == own
     ids = _batches(1, 40, seed=9)[0]
     with torch.no_grad():
         assert torch.equal(restored(ids), snn(ids))

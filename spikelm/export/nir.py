@@ -45,6 +45,7 @@ from spikelm.errors import ConfigError, SpikelmError, require_extra
 from spikelm.fileio import atomic_file, one_line
 from spikelm.fusion import SharedInputSlice
 from spikelm.layers import SpikingLinear, spiking_layers
+from spikelm.neurons import decode_level
 
 if TYPE_CHECKING:
     import nir
@@ -291,7 +292,7 @@ def _layer_graph(name: str, layer: SpikingLinear) -> nir.NIRGraph:
         nodes["group_sum"] = nir.Linear(weight=np.tile(eye, (1, groups)))
     bias_in_graph = not layer.dynamic and layer.bias is not None
     if not layer.dynamic:
-        nodes["threshold"] = nir.Scale(scale=np.full(out_features, _v_th(layer), np.float32))
+        nodes["threshold"] = nir.Scale(scale=np.full(out_features, _v_out(layer), np.float32))
     if bias_in_graph:
         nodes["bias"] = nir.Affine(weight=eye, bias=layer.bias.float().cpu().numpy())
     nodes["output"] = nir.Output(output_type={"output": np.array([out_features])})
@@ -310,6 +311,11 @@ def _scale_vector(layer: SpikingLinear) -> np.ndarray:
 
 def _v_th(layer: SpikingLinear) -> float:
     return float(layer.threshold.float().cpu())
+
+
+def _v_out(layer: SpikingLinear) -> float:
+    """A static layer's decode level ``V_out = g V_th`` (float32, as the layer computes it)."""
+    return float(decode_level(layer.threshold.float().cpu(), layer.gain))
 
 
 def _layer_metadata(name: str, layer: SpikingLinear, bias_in_graph: bool) -> dict[str, Any]:
@@ -336,13 +342,16 @@ def _layer_metadata(name: str, layer: SpikingLinear, bias_in_graph: bool) -> dic
             "powers of two around |x|/V_th and 0 that minimises (|x|/V_th - c)^2 + spike_cost * "
             "spikes(c) (spikelm.neurons.error_aware_counts), not round()"
         )
+    gain = "gain * " if layer.gain != 1.0 else ""
+    if gain:
+        meta["gain"] = float(layer.gain)
     if layer.dynamic:
         meta["k"] = float(layer.k)
         meta["outside_graph"] = (
-            "y = v_th * output"
+            f"y = {gain}v_th * output"
             + (" + bias" if layer.bias is not None else "")
             + ", v_th = mean(|x / input_divisor|) / k per token (dynamic, computed outside "
-            "the graph)"
+            "the graph)" + (" (gain * v_th one float32 product)" if gain else "")
         )
     else:
         meta["v_th"] = _v_th(layer)
@@ -404,7 +413,7 @@ def _layer_data(layer: SpikingLinear, trace: _Trace) -> nir.NIRGraphData:
     acc = accumulators(layer, trace.counts).cpu()  # [M, G, out] int64
     graph_out = (acc.double() * layer.weight_scale.double().cpu().t()).sum(1)
     if not layer.dynamic:
-        graph_out = graph_out * _v_th(layer)
+        graph_out = graph_out * _v_out(layer)
         if layer.bias is not None:
             graph_out = graph_out + layer.bias.double().cpu()
     v_th = trace.v_th.expand(rows, layer.out_features)

@@ -9,7 +9,8 @@ For the layer's input rows ``x [M, in]`` the subgraph computes, op for op as spi
     s_t    = the coder's spike train of n, int8 [T, M, in]   integer Div / Mod / Less, Cast
     P_t,g  = MatMulInteger(s_t[group g], W_q[group g]^T)     int8 x int8 -> int32, all t, g at once
     acc    = sum_t c_t P_t                                   Mul, ReduceSum (integers: exact)
-    y      = float32(((acc_0 s_0 + acc_1 s_1) + ...) * V_th)  + b   (float64, fixed order)
+    y      = float32(((acc_0 s_0 + acc_1 s_1) + ...) * V_out) + b   (float64, fixed order;
+                                                        V_out = float32(g V_th), g the gain)
 
 ``fixed_order_sum`` adds the channels pairwise in a fixed tree (halves added elementwise, an odd
 width padded with one zero): every add is one IEEE float32 operation, so any runtime gives the
@@ -30,7 +31,7 @@ from spikelm.backends.epilogue import epilogue
 from spikelm.backends.events import accumulator_dtype
 from spikelm.encoders import get_coder
 from spikelm.errors import ConfigError
-from spikelm.neurons import exact_count_range
+from spikelm.neurons import decode_level, exact_count_range
 
 CODINGS = ("binary", "ternary", "bitwise", "bitwise_bidirectional", "bitwise_twos_complement")
 """Spike codings whose trains the graph builds from counts."""
@@ -57,6 +58,7 @@ class LayerSpec:
     divide: bool
     has_bias: bool
     spike_cost: float = 0.0
+    gain: float = 1.0
 
     @classmethod
     def of(cls, layer: Any) -> LayerSpec:
@@ -84,6 +86,7 @@ class LayerSpec:
             divide=not bool((layer.input_divisor == 1).all()),
             has_bias=layer.bias is not None,
             spike_cost=float(layer.spike_cost),
+            gain=float(layer.gain),
         )
 
     @property
@@ -256,6 +259,8 @@ def _epilogue(g: Any, acc: Any, weight_scale: Any, v_th: Any, spec: LayerSpec) -
         for part in parts[1:]:  # g ascending, one elementwise add each
             y = g.op("Add", y, part)
     y = g.op("Squeeze", y, _const(g, [0], torch.int64))
+    if spec.gain != 1.0:  # V_out = g * V_th, one float32 product (spikelm.neurons.decode_level)
+        v_th = g.op("Mul", v_th, _const(g, spec.gain, torch.float32))
     y = g.op("Mul", y, _cast(g, v_th, torch.float64))
     return _cast(g, y, torch.float32)
 
@@ -317,7 +322,8 @@ class SpikingLinearOp(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, spec.in_features)
         counts, v_th = layer.spike_counts(rows)
-        y = epilogue(reference.accumulators(layer, counts), weight_scale, v_th)  # not counted
+        level = decode_level(v_th, spec.gain)
+        y = epilogue(reference.accumulators(layer, counts), weight_scale, level)  # not counted
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.out_features), counts.to(spec.count_dtype)
@@ -354,7 +360,7 @@ class SpikesLinearOp(torch.autograd.Function):
         c_t = torch.tensor(spec.step_weights).view(-1, 1, 1)
         counts = (spikes.to(torch.int64) * c_t).sum(0)
         acc = reference.accumulators(layer, counts).to(spec.acc_dtype)
-        y = epilogue(acc, weight_scale, v_th.expand(counts.shape[0], 1))
+        y = epilogue(acc, weight_scale, decode_level(v_th, spec.gain).expand(counts.shape[0], 1))
         if bias is not None:
             y = y + bias
         return y, acc

@@ -105,6 +105,7 @@ class _Call(NamedTuple):
     k: float
     steps: int
     spike_cost: float
+    gain: float
     bound: driver.Bound  # the compiled call, layout, neuron and bias bound
     float32: bool  # the neuron's buffers are float32, as the compiled neuron computes
 
@@ -114,7 +115,7 @@ _PARAMETERS = ("weight_q", "weight_scale", "input_divisor", "threshold", "bias")
 
 def _call(layer) -> _Call:
     """The layer's :class:`_Call`, rebuilt when a parameter buffer is replaced or changed in
-    place, or ``k``, ``steps`` or ``spike_cost`` changes."""
+    place, or ``k``, ``steps``, ``spike_cost`` or ``gain`` changes."""
     cached = layer.__dict__.get("_numba_call")
     b = layer._buffers
     if cached is not None:
@@ -123,7 +124,7 @@ def _call(layer) -> _Call:
             b["weight_q"] is held[0] and b["weight_scale"] is held[1]
             and b["input_divisor"] is held[2] and b["threshold"] is held[3]
             and b["bias"] is held[4] and layer.k == cached.k and layer.steps == cached.steps
-            and layer.spike_cost == cached.spike_cost
+            and layer.spike_cost == cached.spike_cost and layer.gain == cached.gain
             and cached.versions is not None and _versions(cached.present) == cached.versions
         ):  # fmt: skip
             return cached
@@ -138,15 +139,15 @@ def _call(layer) -> _Call:
     neuron = driver.Neuron(
         layer.input_divisor.detach().to(torch.float32).contiguous().numpy(),
         layer.dynamic, np.float32(layer.k), np.float32(threshold), np.float32(lo), np.float32(hi),
-        rounding,
+        rounding, np.float32(layer.gain),
     )  # fmt: skip
     bias = driver.EMPTY_F32 if layer.bias is None else layer.bias.detach().contiguous().numpy()
     bound = driver.Bound(_layout(layer), partial(event_blocks, layer), neuron, bias)
     present = tuple(t for t in buffers if t is not None)
     float32 = all(t.dtype == torch.float32 for t in present[2:] if t.is_floating_point())
     call = _Call(
-        buffers, present, _versions(present), layer.k, layer.steps, layer.spike_cost, bound,
-        float32,
+        buffers, present, _versions(present), layer.k, layer.steps, layer.spike_cost, layer.gain,
+        bound, float32,
     )  # fmt: skip
     layer.__dict__["_numba_call"] = call
     return call

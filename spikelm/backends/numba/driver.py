@@ -57,11 +57,12 @@ FORCED = {"counts": -math.inf, "events": math.inf}
 
 @njit(cache=True, fastmath=False)
 def _prepare(
-    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v,
+    x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v,
     decoding, steps, crossover, scan, path,
 ):  # fmt: skip
     """Neuron (when ``x`` has rows) and path choice of every row: the number of rows on the
-    count path, or -1 if ``x`` is not finite."""
+    count path, or -1 if ``x`` is not finite. ``v[r]`` is the decode level ``gain * V_th``
+    (float32 product, as :func:`spikelm.neurons.decode_level`)."""
     rows, on_counts = counts.shape[0], 0
     if x.shape[0]:
         scratch = np.empty(2 * x.shape[1] + 2, dtype=np.float32)
@@ -73,7 +74,7 @@ def _prepare(
                 counts[:, :] = 0
                 path[:] = True
                 return -1
-            v[r] = np.float64(level)
+            v[r] = np.float64(level * gain)
     for r in range(rows):
         if scan:
             active, events = row_events(counts, r, decoding, steps)
@@ -104,8 +105,8 @@ def _plan(counts, width, decoding, steps, path):
 
 @njit(cache=True, fastmath=False)
 def _head(
-    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, steps, crossover, scan,
+    x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks,
+    width, decoding, steps, crossover, scan,
 ):  # fmt: skip
     """Everything before the tasks: ``(rows on the count path or -1, counts, thresholds, each
     row's path, count plan, event plan, count tasks, all tasks)``; the tasks are the count tiles,
@@ -119,8 +120,8 @@ def _head(
     if v.shape[0] != rows:
         v = np.empty(rows, dtype=np.float64)
     path = np.empty(rows, dtype=np.bool_)
-    on_counts = _prepare(x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v,
-                         decoding, steps, crossover, scan, path)  # fmt: skip
+    on_counts = _prepare(x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary,
+                         counts, v, decoding, steps, crossover, scan, path)  # fmt: skip
     plan = plan_counts(counts, width, path)
     events = _plan(counts, width, decoding, steps, path)
     tiles = pairs.shape[0] if on_counts > 0 else 0
@@ -146,14 +147,14 @@ def _task(
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _run_parallel(
-    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
+    x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks,
+    width, decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
 ):  # fmt: skip
     """See the module docstring; tasks in parallel. Returns the number of rows on the count
     path, or -1 (nothing computed) for a non-finite input."""
     on_counts, counts, v, path, plan, events, tiles, tasks = _head(
-        x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-        decoding, shifts.shape[0], crossover, scan,
+        x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v, pairs,
+        blocks, width, decoding, shifts.shape[0], crossover, scan,
     )  # fmt: skip
     for i in prange(tasks):
         _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
@@ -163,13 +164,13 @@ def _run_parallel(
 
 @njit(cache=True, fastmath=False)
 def _run_serial(
-    x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-    decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
+    x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks,
+    width, decoding, shifts, negative, scale_t, bias, crossover, scan, acc, y,
 ):  # fmt: skip
     """:func:`_run_parallel`'s work, one task after the other."""
     on_counts, counts, v, path, plan, events, tiles, tasks = _head(
-        x, divisor, dynamic, k, threshold, lo, hi, cost, high, unary, counts, v, pairs, blocks, width,
-        decoding, shifts.shape[0], crossover, scan,
+        x, divisor, dynamic, k, gain, threshold, lo, hi, cost, high, unary, counts, v, pairs,
+        blocks, width, decoding, shifts.shape[0], crossover, scan,
     )  # fmt: skip
     for i in range(tasks):
         _task(i, tiles, counts, pairs, blocks, width, decoding, shifts, negative, scale_t, v,
@@ -191,7 +192,8 @@ FLOAT32 = np.dtype(np.float32)
 def _signature(acc_dtype: torch.dtype, scale_dtype: np.dtype) -> tuple:
     f32, f64, i64, boolean = numba.float32, numba.float64, numba.int64, numba.boolean
     return (
-        f32[:, ::1], f32[::1], boolean, f32, f32, f32, f32,  # x, divisor, dynamic, k, V, lo, hi
+        f32[:, ::1], f32[::1], boolean, f32, f32,  # x, divisor, dynamic, k, gain
+        f32, f32, f32,  # V (static), lo, hi
         f32, i64, boolean,  # error-aware rounding: spike_cost, the count bound, unary coding
         i64[:, ::1], f64[::1],  # counts, v
         numba.int8[:, :, :, ::1], numba.int8[:, :, ::1],  # pairs, blocks
@@ -295,15 +297,16 @@ def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
 class Neuron:
     """The neuron's parameters as the kernel takes them (see :mod:`.neuron`)."""
 
-    __slots__ = ("divisor", "dynamic", "hi", "k", "lo", "rounding", "threshold")
+    __slots__ = ("divisor", "dynamic", "gain", "hi", "k", "lo", "rounding", "threshold")
 
-    def __init__(self, divisor, dynamic, k, threshold, lo, hi, rounding=None) -> None:
+    def __init__(self, divisor, dynamic, k, threshold, lo, hi, rounding=None, gain=None) -> None:
         self.divisor, self.dynamic, self.k = divisor, dynamic, k
         self.threshold, self.lo, self.hi = threshold, lo, hi
         self.rounding = NEAREST if rounding is None else rounding  # (spike_cost, high, unary)
+        self.gain = np.float32(1.0) if gain is None else gain  # decode level = gain * V_th
 
     def arguments(self) -> tuple:
-        return (self.divisor, self.dynamic, self.k, self.threshold, self.lo, self.hi,
+        return (self.divisor, self.dynamic, self.k, self.gain, self.threshold, self.lo, self.hi,
                 *self.rounding)  # fmt: skip
 
 
