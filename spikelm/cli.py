@@ -489,7 +489,8 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
         default="spikingbrain",
         choices=list(RECIPES),
         help="spikingbrain: SpikingBrain's recipe (default); spikelm: adds steps where counts "
-        "saturate and learns per-layer thresholds from the calibration data (needs --calib)",
+        "saturate and learns per-layer thresholds and decode gains from the calibration data "
+        "(needs --calib)",
     )
     group.add_argument("--coding", default="bitwise_bidirectional", choices=sorted(CODERS))
     group.add_argument("--steps", type=_count(1), default=8, help="time steps T (default 8)")
