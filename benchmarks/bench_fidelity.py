@@ -9,8 +9,8 @@ Recipes (``SpikeConfig(recipe=...)``), at equal coding (bitwise-bidirectional, T
 group 128):
   - ``spikingbrain``: dynamic per-token threshold mean|x|/k, one k for every layer, swept;
   - ``spikelm``: the same conversion, then per-layer steps where counts saturate and per-layer k
-    learned against the ANN's next-token distribution with error-aware rounding (spike_cost 0.3),
-    its knob ``spike_weight`` swept (the same grid and settings on every model);
+    and decode gain learned against the ANN's next-token distribution with error-aware rounding
+    (spike_cost 0.3), its knob ``spike_weight`` swept (the same grid and settings on every model);
   - on the demo model, for reference, the best earlier post-hoc recipes: error-aware rounding
     alone and Fisher-weighted static thresholds.
 Spikes per channel are counted over the neurons of the model as converted, two ways:
@@ -19,7 +19,7 @@ Spikes per channel are counted over the neurons of the model as converted, two w
     divisors cannot fuse);
   - fused (``spikelm convert``'s default): projections that read one input share one neuron,
     whose train is counted once, as a chip would send it once to all of them; the two main
-    recipes (``spikelm`` then learns one k per shared input).
+    recipes (``spikelm`` then learns one k and one gain per shared input).
 For each recipe: the fewest spikes per channel within +1% perplexity of the ANN (linear
 interpolation along the sweep), and its ratio to ``spikingbrain``'s counted the same way.
 

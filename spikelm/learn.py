@@ -361,13 +361,12 @@ def learn_thresholds(
             raise ConfigError(f"tie group {group} mixes thresholds: {sorted(modes)}")
         for name in group[1:]:
             thetas[name] = thetas[group[0]]
-    gammas = None
-    if gains:
-        shared = {id(theta): nn.Parameter(torch.tensor(0.0)) for theta in thetas.values()}
-        gammas = {name: shared[id(theta)] for name, theta in thetas.items()}
-        with torch.no_grad():
-            for name, gamma in gammas.items():
-                gamma.fill_(math.log(min(max(found[name].gain, gain_range[0]), gain_range[1])))
+    gammas: dict[str, nn.Parameter] | None = None
+    if gains:  # log-gains from the layers' own, tied as the thresholds are
+        gammas, shared = {}, {}
+        for name, theta in thetas.items():
+            gain = min(max(found[name].gain, gain_range[0]), gain_range[1])
+            gammas[name] = shared.setdefault(id(theta), nn.Parameter(torch.tensor(math.log(gain))))
     low, high = math.log(k_range[0]), math.log(k_range[1])
     bounds = {  # dynamic: k in k_range; static: V in [V0 k0 / k_high, V0 k0 / k_low], k0 = layer.k
         name: (low, high)
