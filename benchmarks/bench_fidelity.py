@@ -11,6 +11,8 @@ group 128):
   - ``spikelm``: the same conversion, then per-layer steps where counts saturate and per-layer k
     and decode gain learned against the ANN's next-token distribution with error-aware rounding
     (spike_cost 0.3), its knob ``spike_weight`` swept (the same grid and settings on every model);
+  - ``spikelm, streamed`` (transformers models): the same recipe as ``convert --stream`` runs
+    it on the saved checkpoint, learned block by block (``spikelm.blockwise``), unfused;
   - on the demo model, for reference, the best earlier post-hoc recipes: error-aware rounding
     alone and Fisher-weighted static thresholds.
 Spikes per channel are counted over the neurons of the model as converted, two ways:
@@ -26,7 +28,7 @@ interpolation along the sweep), and its ratio to ``spikingbrain``'s counted the 
 Steps: both recipes at their defaults (k=3; spike_weight=0.04) with T = 8, 6, 5: perplexity,
 spikes, the steps the counts used and the share of counts clamped at the range (never silent).
 Cost: conversion time and peak memory (VmHWM) of each recipe on the demo model and, with
-``--large``, on a 100M-parameter Llama (random weights).
+``--large``, on a 100M-parameter Llama (random weights), in memory and streamed.
 
     python benchmarks/bench_fidelity.py --large --out benchmarks/results/bench_fidelity.txt \
         --plot benchmarks/results/fidelity_per_spike.png
@@ -37,9 +39,12 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,11 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, emit  # noqa: E402
 from _tiny_lms import FAMILIES, train_tiny  # noqa: E402
 
+import spikelm  # noqa: E402
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.convert import spiking  # noqa: E402
 from spikelm.fidelity import compare, token_batches  # noqa: E402
 from spikelm.layers import spiking_layers  # noqa: E402
 from spikelm.models import ByteTokenizer, load_demo_model, load_demo_texts  # noqa: E402
+from spikelm.streaming import convert_streaming  # noqa: E402
 
 BUDGET = 1.01
 SWEEPS: dict[str, tuple[str, tuple[float, ...], dict]] = {
@@ -61,6 +68,8 @@ SWEEPS: dict[str, tuple[str, tuple[float, ...], dict]] = {
     "spikingbrain": ("k", (1.5, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0), {}),
     "spikelm": ("spike_weight", (0.02, 0.035, 0.04, 0.045, 0.05, 0.065), {"recipe": "spikelm"}),
 }
+STREAMED = {"spikelm, streamed": SWEEPS["spikelm"]}
+"""transformers models only: the spikelm recipe as ``convert --stream`` runs it, block by block."""
 DEMO_ONLY = {
     "error-aware rounding (cost .3)": ("k", (3.0, 4.0), {"spike_cost": 0.3}),
     "Fisher static (p=1/2)": ("k", (2.0, 2.5, 3.0), {"threshold": "static_tensor", "fisher_power": 0.5}),
@@ -83,6 +92,24 @@ def _score(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # saturation is in the table's clamp column
         snn = spiking(copy.deepcopy(ann), config, calib, progress=False, fuse=fuse)
+    return _stats_point(ann, snn, evaluation)
+
+
+def _streamed(source: Path, calib) -> Callable[[SpikeConfig], nn.Module]:
+    """Converts the checkpoint ``source`` with ``convert_streaming`` and loads the result."""
+
+    def convert(config: SpikeConfig) -> nn.Module:
+        out = source.parent / "streamed"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            convert_streaming(source, out, config, calibration=calib, overwrite=out.exists(),
+                              progress=False)  # fmt: skip
+        return spikelm.load(out)
+
+    return convert
+
+
+def _stats_point(ann: nn.Module, snn: nn.Module, evaluation) -> tuple[float, Point]:
     reference, scored = compare(ann, {"spiking": snn}, evaluation)
     stats = scored.stats
     top = max(layer.steps for layer in spiking_layers(snn).values())
@@ -92,16 +119,25 @@ def _score(
 
 
 def sweep(
-    ann: nn.Module, recipes: dict, calib, evaluation, fuse: bool = False
+    ann: nn.Module,
+    recipes: dict,
+    calib,
+    evaluation,
+    fuse: bool = False,
+    convert: Callable[[SpikeConfig], nn.Module] | None = None,
 ) -> tuple[float, dict[str, list]]:
+    """``convert``: how a config becomes the spiking model (default: :func:`_score`'s in-memory
+    conversion of ``ann``)."""
     curves: dict[str, list[Point]] = {}
     ann_ppl = float("nan")
     for label, (field, values, options) in recipes.items():
         curves[label] = []
         for value in values:
-            ann_ppl, point = _score(
-                ann, SpikeConfig(**{field: value}, **options), calib, evaluation, fuse
-            )
+            config = SpikeConfig(**{field: value}, **options)
+            if convert is None:
+                ann_ppl, point = _score(ann, config, calib, evaluation, fuse)
+            else:
+                ann_ppl, point = _stats_point(ann, convert(config), evaluation)
             curves[label].append((value, *point[1:]))
     return ann_ppl, curves
 
@@ -123,7 +159,7 @@ def _rows(label: str, ann_ppl: float, curves: dict[str, list[Point]]) -> list[st
               f"{'steps':>5} {'clamp':>7}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for recipe, points in curves.items():
-        field = (SWEEPS.get(recipe) or DEMO_ONLY[recipe])[0]
+        field = {**SWEEPS, **STREAMED, **DEMO_ONLY}[recipe][0]
         for value, ppl, spikes, used, top, clamped in points:
             lines.append(
                 f"{recipe:<32} {field + '=' + format(value, 'g'):>18} {ppl:>8.4f} "
@@ -170,32 +206,45 @@ def _reset_peak() -> None:
         refs.write("5")
 
 
-def cost_section(models: dict[str, tuple[nn.Module, list]]) -> list[str]:
+def cost_section(models: dict[str, tuple[nn.Module, list]], workdir: Path) -> list[str]:
     lines = ["### cost of a conversion (calibration, recipe, saturation check; one thread)"]
-    header = (
-        f"{'model':<26} {'params':>8} {'recipe':<13} {'seconds':>8} {'peak MiB':>9} {'+ MiB':>7}"
-    )
+    header = (f"{'model':<26} {'params':>8} {'recipe':<18} {'seconds':>8} {'peak MiB':>9} "
+              f"{'+ MiB':>7}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for name, (model, calib) in models.items():
         params = sum(p.numel() for p in model.parameters())
-        for recipe in ("spikingbrain", "spikelm"):
+        ways = {recipe: _in_memory(model, calib) for recipe in ("spikingbrain", "spikelm")}
+        if hasattr(model, "save_pretrained"):  # a transformers checkpoint streams
+            source = workdir / "cost" / "src"
+            model.save_pretrained(source)
+            ways["spikelm, streamed"] = _streamed(source, calib)
+        for label, convert in ways.items():
+            recipe = label.split(",")[0]
             gc.collect()
             _reset_peak()
             held = _vm_hwm_mib()
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                snn = spiking(copy.deepcopy(model), SpikeConfig(recipe=recipe), calib,
-                              progress=False)  # fmt: skip
+            snn = convert(SpikeConfig(recipe=recipe))
             seconds = time.perf_counter() - start
             peak = _vm_hwm_mib()
             del snn
-            lines.append(f"{name:<26} {params / 1e6:>7.1f}M {recipe:<13} {seconds:>8.1f} "
+            lines.append(f"{name:<26} {params / 1e6:>7.1f}M {label:<18} {seconds:>8.1f} "
                          f"{peak:>9.0f} {peak - held:>7.0f}")  # fmt: skip
-    lines.append("(peak: process VmHWM during the conversion, which holds the float model given, "
-                 "its copy being converted and, for spikelm, the reference copy it learns "
-                 "against; + MiB: above the RSS before it)")  # fmt: skip
+    lines.append("(peak: process VmHWM during the conversion; the process holds the float model "
+                 "given throughout. In memory, the conversion adds its copy being converted and, "
+                 "for spikelm, the reference copy it learns against; streamed, it reads the "
+                 "saved checkpoint one block at a time (its load included). + MiB: above the "
+                 "RSS before it)")  # fmt: skip
     return lines
+
+
+def _in_memory(model: nn.Module, calib) -> Callable[[SpikeConfig], nn.Module]:
+    def convert(config: SpikeConfig) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return spiking(copy.deepcopy(model), config, calib, progress=False)
+
+    return convert
 
 
 def _large_llama() -> nn.Module:
@@ -262,9 +311,17 @@ def main() -> None:
         f"{sum(b.shape[0] for b in evaluation)} windows of 256 tokens (eval split); "
         + ", ".join(f"{f} trained in {s:.0f} s" for f, s in trained.items())
     )
+    workdir = Path(tempfile.mkdtemp(prefix="bench_fidelity-"))
     for label, model in models.items():
         recipes = {**SWEEPS, **(DEMO_ONLY if model is demo else {})}
         ann_ppl, curves = sweep(model, recipes, calib, evaluation)
+        if model is not demo:  # a transformers checkpoint: the recipe streamed as well
+            source = workdir / label.split()[1] / "src"
+            model.save_pretrained(source)
+            _, streamed = sweep(
+                model, STREAMED, calib, evaluation, convert=_streamed(source, calib)
+            )
+            curves.update(streamed)
         results[label] = (ann_ppl, curves)
         lines += ["", *_rows(f"{label}, unfused", ann_ppl, curves)]
         _, fused = sweep(model, SWEEPS, calib, evaluation, fuse=True)
@@ -273,7 +330,8 @@ def main() -> None:
     cost_models = {"demo model": (demo, calib)}
     if args.large:
         cost_models["Llama 100M (random)"] = (_large_llama(), [b[:, :128] for b in calib[:4]])
-    lines += ["", *cost_section(cost_models)]
+    lines += ["", *cost_section(cost_models, workdir)]
+    shutil.rmtree(workdir)
     lines.append(f"# wall {time.perf_counter() - start:.0f} s")
     emit("\n".join(lines), args.out)
     if args.plot:

@@ -256,7 +256,10 @@ def _convert_streaming(args: argparse.Namespace, config) -> int:
         overwrite=args.overwrite,
         keep_dense_patterns=tuple(args.keep_dense or ()),
     )
-    how = "block by block with calibration" if calibration else "tensor by tensor"
+    how = "tensor by tensor"
+    if calibration:
+        learned = ", neurons learned per block" if config.recipe != "spikingbrain" else ""
+        how = f"block by block with calibration{learned}"
     print(f"spiking checkpoint written to {out} (streamed {how}, layers not fused)")
     return 0
 
@@ -490,7 +493,7 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
         choices=list(RECIPES),
         help="spikingbrain: SpikingBrain's recipe (default); spikelm: adds steps where counts "
         "saturate and learns per-layer thresholds and decode gains from the calibration data "
-        "(needs --calib)",
+        "(needs --calib; with --stream, learned block by block)",
     )
     group.add_argument("--coding", default="bitwise_bidirectional", choices=sorted(CODERS))
     group.add_argument("--steps", type=_count(1), default=8, help="time steps T (default 8)")
@@ -582,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream",
         action="store_true",
         help="convert a local safetensors checkpoint tensor by tensor (memory: one tensor and one "
-        "output shard, not the model; with --calib, calibrated block by block: one block and the "
-        "calibration activations; layers not fused)",
+        "output shard, not the model; with --calib, calibrated (and with --recipe spikelm, "
+        "learned) block by block: one block and the calibration activations; layers not fused)",
     )
     convert.add_argument(
         "--shard-size",

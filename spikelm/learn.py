@@ -209,7 +209,8 @@ def _learning(
 
 
 @contextlib.contextmanager
-def _frozen(*models: nn.Module) -> Iterator[None]:
+def frozen(*models: nn.Module) -> Iterator[None]:
+    """``models`` in eval mode with every parameter frozen for the block (restored after)."""
     flags = [(p, p.requires_grad) for m in models for p in m.parameters()]
     modes = [(m, m.training) for m in models]
     try:
@@ -228,23 +229,65 @@ def _frozen(*models: nn.Module) -> Iterator[None]:
 BUDGET_RATE = 0.5
 """How fast the spike weight follows the budget: ``exp(0.5)`` per step at twice the budget."""
 
+Distortion = Callable[[int], torch.Tensor]
+"""``distortion(index)``: runs the student on calibration item ``index`` (its spiking layers'
+learners in place) and returns the fidelity term of the objective, a scalar tensor."""
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """How :func:`fit_neurons` learns, checked when built (see :func:`learn_thresholds`)."""
+
+    spike_weight: float
+    steps: int = 150
+    lr: float = 0.05
+    seed: int = 0
+    k_range: tuple[float, float] = (0.25, 16.0)
+    estimator: str = "ste"
+    spike_budget: float | None = None
+    gains: bool = True
+    gain_range: tuple[float, float] = GAIN_RANGE
+
+    def __post_init__(self) -> None:
+        weight = self.spike_weight
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight)):
+            raise ConfigError(f"spike_weight must be a finite number >= 0, got {weight!r}")
+        if weight < 0:
+            raise ConfigError(f"spike_weight must be >= 0, got {weight}")
+        steps = self.steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        low, high = self.k_range
+        if not (0 < low <= high < math.inf):
+            raise ConfigError(f"k_range must be 0 < low <= high < inf, got {self.k_range!r}")
+        low, high = self.gain_range
+        if not 0 < low <= 1.0 <= high < math.inf:
+            raise ConfigError(
+                f"gain_range must be 0 < low <= 1 <= high < inf, got {self.gain_range!r}"
+            )
+        if self.estimator not in ("ste", "noise"):
+            raise ConfigError(f"estimator must be 'ste' or 'noise', got {self.estimator!r}")
+        budget = self.spike_budget
+        if budget is not None and not (
+            isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0
+        ):
+            raise ConfigError(f"spike_budget must be a positive number, got {budget!r}")
+
 
 @torch.no_grad()
 def _check_budget(
     budget: float,
-    model: nn.Module,
     found: dict[str, SpikingLinear],
     bounds: dict[str, tuple[float, float]],
-    run: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-    batch: torch.Tensor,
+    distortion: Distortion,
 ) -> None:
-    """Refuse a budget that every threshold at its coarsest end still exceeds on ``batch``."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise ConfigError(f"spike_budget must be a positive number, got {budget!r}")
+    """Refuse a budget that every threshold at its coarsest end still exceeds on item 0."""
     coarsest = {name: nn.Parameter(torch.tensor(bounds[name][0])) for name in found}
     totals: list = [torch.zeros(()), 0]
     with _learning(found, coarsest, totals, None):
-        run(model, batch)
+        distortion(0)
     fewest = float(totals[0]) / max(totals[1], 1)
     if fewest > budget:
         raise ConfigError(
@@ -253,27 +296,115 @@ def _check_budget(
         )
 
 
-def _check(
-    spike_weight: float,
-    steps: int,
-    lr: float,
-    k_range: tuple[float, float],
-    gain_range: tuple[float, float],
-) -> None:
-    if not (isinstance(spike_weight, (int, float)) and math.isfinite(spike_weight)):
-        raise ConfigError(f"spike_weight must be a finite number >= 0, got {spike_weight!r}")
-    if spike_weight < 0:
-        raise ConfigError(f"spike_weight must be >= 0, got {spike_weight}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    low, high = k_range
-    if not (0 < low <= high < math.inf):
-        raise ConfigError(f"k_range must be 0 < low <= high < inf, got {k_range!r}")
-    low, high = gain_range
-    if not 0 < low <= 1.0 <= high < math.inf:
-        raise ConfigError(f"gain_range must be 0 < low <= 1 <= high < inf, got {gain_range!r}")
+def kl_divergence(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of ``KL(p || q)``, with ``target = log p`` and ``q = softmax(logits)``."""
+    student = F.log_softmax(logits, dim=-1)
+    return (target.exp() * (target - student)).sum(-1).mean()
+
+
+def fit_neurons(
+    found: dict[str, SpikingLinear],
+    count: int,
+    distortion: Distortion,
+    options: LearnOptions,
+    *,
+    tie: Iterable[Sequence[str]] = (),
+    share: float = 1.0,
+) -> LearnReport:
+    """Fit the threshold scalar (and decode gain) of each layer of ``found``: Adam on
+    ``distortion(index) + spike_weight * share * S`` over ``options.steps`` steps, the items
+    ``0 .. count - 1`` in an order drawn from ``options.seed``, ``S`` the smooth spikes per channel
+    of these layers. ``share``: their part of the channels the model's spike count pools (1 when
+    they are all of them). Sets the values in place and returns the :class:`LearnReport`."""
+    initial = {n: float(m.k) if m.dynamic else float(m.threshold) for n, m in found.items()}
+    thetas = {
+        name: nn.Parameter(
+            torch.tensor(math.log(value) if found[name].dynamic else -math.log(value))
+        )
+        for name, value in initial.items()
+    }
+    for group in tie:
+        group = list(group)
+        missing = [name for name in group if name not in found]
+        if missing:
+            raise ConfigError(f"tie names layers that are not learned: {', '.join(missing)}")
+        modes = {(found[n].dynamic, initial[n]) for n in group}
+        if len(modes) > 1:
+            raise ConfigError(f"tie group {group} mixes thresholds: {sorted(modes)}")
+        for name in group[1:]:
+            thetas[name] = thetas[group[0]]
+    gain_low, gain_high = options.gain_range
+    gammas: dict[str, nn.Parameter] | None = None
+    if options.gains:  # log-gains from the layers' own, tied as the thresholds are
+        gammas, shared = {}, {}
+        for name, theta in thetas.items():
+            gain = min(max(found[name].gain, gain_low), gain_high)
+            gammas[name] = shared.setdefault(id(theta), nn.Parameter(torch.tensor(math.log(gain))))
+    low, high = math.log(options.k_range[0]), math.log(options.k_range[1])
+    bounds = {  # dynamic: k in k_range; static: V in [V0 k0 / k_high, V0 k0 / k_low], k0 = layer.k
+        name: (low, high)
+        if layer.dynamic
+        else (
+            thetas[name].item() + low - math.log(layer.k),
+            thetas[name].item() + high - math.log(layer.k),
+        )
+        for name, layer in found.items()
+    }
+    generator = torch.Generator().manual_seed(options.seed)
+    noise = None
+    if options.estimator == "noise":
+        noise = torch.Generator().manual_seed(options.seed + 1)
+    unique = list({id(t): t for t in [*thetas.values(), *(gammas or {}).values()]}.values())
+    optimizer = torch.optim.Adam(unique, lr=options.lr)
+    history: list[tuple[float, float]] = []
+    spike_weight, budget = options.spike_weight, options.spike_budget
+    if budget is not None:
+        _check_budget(budget, found, bounds, distortion)
+    order: list[int] = []
+    for _ in range(options.steps):
+        if not order:
+            order = torch.randperm(count, generator=generator).tolist()
+        index = order.pop()
+        totals: list = [torch.zeros(()), 0]
+        with _learning(found, thetas, totals, noise, gammas):
+            error = distortion(index)
+        spikes = totals[0] / max(totals[1], 1)
+        loss = error + spike_weight * share * spikes
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for name, theta in thetas.items():
+                theta.clamp_(*bounds[name])
+            for gamma in (gammas or {}).values():
+                gamma.clamp_(math.log(gain_low), math.log(gain_high))
+        history.append((float(error.detach()), float(spikes.detach())))
+        if budget is not None:
+            ratio = float(spikes.detach()) / budget - 1
+            spike_weight = min(max(spike_weight * math.exp(BUDGET_RATE * ratio), 1e-4), 10.0)
+    for name, layer in found.items():
+        value = math.exp(float(thetas[name].detach()))
+        if layer.dynamic:
+            layer.set_neuron(k=value)
+        else:
+            layer.threshold.copy_(torch.tensor(1.0 / value, dtype=layer.threshold.dtype))
+        if gammas is not None:
+            layer.set_neuron(gain=math.exp(float(gammas[name].detach())))
+    epoch = max(1, min(count, len(history) // 2 or 1))
+    first, last = history[:epoch], history[-epoch:]
+
+    def mean(rows: list[tuple[float, float]], i: int) -> float:
+        return sum(r[i] for r in rows) / len(rows) if rows else math.nan
+
+    return LearnReport(
+        values={n: float(m.k) if m.dynamic else float(m.threshold) for n, m in found.items()},
+        initial=initial,
+        gains={n: m.gain for n, m in found.items()},
+        kl=(mean(first, 0), mean(last, 0)),
+        spikes=(mean(first, 1), mean(last, 1)),
+        steps=options.steps,
+        history=history,
+    )
 
 
 def learn_thresholds(
@@ -326,9 +457,9 @@ def learn_thresholds(
     Raises :class:`ConfigError` for an empty calibration set, a model without spiking layers, a
     ``layers`` or ``tie`` name that is not one, a budget no threshold can meet, or a bad option.
     """
-    _check(spike_weight, steps, lr, k_range, gain_range)
-    if estimator not in ("ste", "noise"):
-        raise ConfigError(f"estimator must be 'ste' or 'noise', got {estimator!r}")
+    options = LearnOptions(
+        spike_weight, steps, lr, seed, k_range, estimator, spike_budget, gains, gain_range
+    )
     run = run or logits_of
     data = [torch.as_tensor(b) for b in batches]
     if not data or any(b.dim() != 2 or b.shape[1] < 2 or b.shape[0] == 0 for b in data):
@@ -344,97 +475,25 @@ def learn_thresholds(
         if missing:
             raise ConfigError(f"not spiking layers of the model: {', '.join(missing)}")
         found = {name: found[name] for name in layers}
-    initial = {n: float(m.k) if m.dynamic else float(m.threshold) for n, m in found.items()}
-    thetas = {
-        name: nn.Parameter(
-            torch.tensor(math.log(value) if found[name].dynamic else -math.log(value))
-        )
-        for name, value in initial.items()
-    }
-    for group in tie:
-        group = list(group)
-        missing = [name for name in group if name not in found]
-        if missing:
-            raise ConfigError(f"tie names layers that are not learned: {', '.join(missing)}")
-        modes = {(found[n].dynamic, initial[n]) for n in group}
-        if len(modes) > 1:
-            raise ConfigError(f"tie group {group} mixes thresholds: {sorted(modes)}")
-        for name in group[1:]:
-            thetas[name] = thetas[group[0]]
-    gammas: dict[str, nn.Parameter] | None = None
-    if gains:  # log-gains from the layers' own, tied as the thresholds are
-        gammas, shared = {}, {}
-        for name, theta in thetas.items():
-            gain = min(max(found[name].gain, gain_range[0]), gain_range[1])
-            gammas[name] = shared.setdefault(id(theta), nn.Parameter(torch.tensor(math.log(gain))))
-    low, high = math.log(k_range[0]), math.log(k_range[1])
-    bounds = {  # dynamic: k in k_range; static: V in [V0 k0 / k_high, V0 k0 / k_low], k0 = layer.k
-        name: (low, high)
-        if layer.dynamic
-        else (
-            thetas[name].item() + low - math.log(layer.k),
-            thetas[name].item() + high - math.log(layer.k),
-        )
-        for name, layer in found.items()
-    }
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.Generator().manual_seed(seed + 1) if estimator == "noise" else None
-    unique = list({id(t): t for t in [*thetas.values(), *(gammas or {}).values()]}.values())
-    optimizer = torch.optim.Adam(unique, lr=lr)
-    history: list[tuple[float, float]] = []
-    with _frozen(reference, model):
-        if spike_budget is not None:
-            _check_budget(spike_budget, model, found, bounds, run, data[0])
-        with torch.no_grad():
-            teacher = [F.log_softmax(run(reference, b)[:, :-1].float(), dim=-1) for b in data]
-        order: list[int] = []
-        for _ in range(steps):
-            if not order:
-                order = torch.randperm(len(data), generator=generator).tolist()
-            index = order.pop()
-            totals: list = [torch.zeros(()), 0]
-            with _learning(found, thetas, totals, noise, gammas):
-                logits = run(model, data[index])[:, :-1].float()
-            student = F.log_softmax(logits, dim=-1)
-            target = teacher[index]
-            kl = (target.exp() * (target - student)).sum(-1).mean()
-            spikes = totals[0] / max(totals[1], 1)
-            loss = kl + spike_weight * spikes
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    teacher: dict[int, torch.Tensor] = {}  # the ANN's log-probabilities, each batch's once
+
+    def distortion(index: int) -> torch.Tensor:
+        if index not in teacher:
             with torch.no_grad():
-                for name, theta in thetas.items():
-                    theta.clamp_(*bounds[name])
-                for gamma in (gammas or {}).values():
-                    gamma.clamp_(math.log(gain_range[0]), math.log(gain_range[1]))
-            history.append((float(kl.detach()), float(spikes.detach())))
-            if spike_budget is not None:
-                ratio = float(spikes.detach()) / spike_budget - 1
-                spike_weight = min(max(spike_weight * math.exp(BUDGET_RATE * ratio), 1e-4), 10.0)
-    for name, layer in found.items():
-        value = math.exp(float(thetas[name].detach()))
-        if layer.dynamic:
-            layer.set_neuron(k=value)
-        else:
-            layer.threshold.copy_(torch.tensor(1.0 / value, dtype=layer.threshold.dtype))
-        if gammas is not None:
-            layer.set_neuron(gain=math.exp(float(gammas[name].detach())))
-    epoch = max(1, min(len(data), len(history) // 2 or 1))
-    first, last = history[:epoch], history[-epoch:]
+                logits = run(reference, data[index])[:, :-1].float()
+                teacher[index] = F.log_softmax(logits, dim=-1)
+        return kl_divergence(teacher[index], run(model, data[index])[:, :-1].float())
 
-    def mean(rows: list[tuple[float, float]], i: int) -> float:
-        return sum(r[i] for r in rows) / len(rows) if rows else math.nan
-
-    return LearnReport(
-        values={n: float(m.k) if m.dynamic else float(m.threshold) for n, m in found.items()},
-        initial=initial,
-        gains={n: m.gain for n, m in found.items()},
-        kl=(mean(first, 0), mean(last, 0)),
-        spikes=(mean(first, 1), mean(last, 1)),
-        steps=steps,
-        history=history,
-    )
+    with frozen(reference, model):
+        return fit_neurons(found, len(data), distortion, options, tie=tie)
 
 
-__all__ = ["LearnReport", "learn_thresholds"]
+__all__ = [
+    "Distortion",
+    "LearnOptions",
+    "LearnReport",
+    "fit_neurons",
+    "frozen",
+    "kl_divergence",
+    "learn_thresholds",
+]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from spikelm.calibrate import calibration_logits
 from spikelm.config import SpikeConfig
 from spikelm.errors import ConfigError
 from spikelm.layers import spiking_layers
+from spikelm.learn import LearnOptions, LearnReport, learn_thresholds
 from spikelm.saturation import SATURATION_LIMIT, measure_saturation, saturated_layers
 
 MAX_EXTRA_STEPS = 4
@@ -55,6 +57,29 @@ def widen_saturated(
     return {name: layer.steps for name, layer in layers.items() if layer.steps != start[name]}
 
 
+def learn_options(config: SpikeConfig) -> LearnOptions:
+    """The recipe's learning settings from ``config`` (its trade-off knob and seed)."""
+    return LearnOptions(config.spike_weight, seed=config.seed, spike_budget=config.spike_budget)
+
+
+def recipe_steps(
+    model: nn.Module,
+    measured: Sequence[Any],
+    run: Callable[[nn.Module, Any], Any] | None,
+    learn: Callable[[], LearnReport] | None,
+) -> dict[str, Any]:
+    """The recipe on converted ``model`` (the whole model, or one block of it): steps where counts
+    saturate on ``measured``, then ``learn()`` (thresholds and gains, when given), then the
+    saturation check again. Returns ``{"steps": {layer: T}, "k": {..}, "gain": {..}}``."""
+    changed: dict[str, Any] = {"steps": widen_saturated(model, measured, run)}
+    if learn is not None:
+        report = learn()
+        changed["k"] = report.values
+        changed["gain"] = report.gains
+        changed["steps"].update(widen_saturated(model, measured, run))
+    return changed
+
+
 def apply_recipe(
     model: nn.Module,
     config: SpikeConfig,
@@ -63,9 +88,8 @@ def apply_recipe(
     *,
     reference: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Run ``config.recipe``'s steps after conversion on the calibration ``batches``; returns
-    what they changed: ``{"steps": {layer: T}, "k": {layer: k}, "gain": {layer: g}}`` (empty for
-    ``spikingbrain``).
+    """Run ``config.recipe``'s steps (:func:`recipe_steps`) after conversion on the calibration
+    ``batches``; returns what they changed (empty for ``spikingbrain``).
 
     ``reference`` is the float model the spiking ``model`` was converted from: thresholds are
     learned against its next-token distribution, for language models (a model whose family has
@@ -77,19 +101,20 @@ def apply_recipe(
         raise ConfigError(
             "the spikelm recipe learns from calibration data: give calibration text or batches"
         )
-    measured = batches[:SATURATION_BATCHES]
-    changed: dict[str, Any] = {"steps": widen_saturated(model, measured, run)}
+    learn = None
     if reference is not None and adapter_for(model).output_head(model) is not None:
-        from spikelm.learn import learn_thresholds
 
-        report = learn_thresholds(
-            reference, model, batches, spike_weight=config.spike_weight, seed=config.seed,
-            run=calibration_logits, spike_budget=config.spike_budget,
-        )  # fmt: skip
-        changed["k"] = report.values
-        changed["gain"] = report.gains
-        changed["steps"].update(widen_saturated(model, measured, run))
-    return changed
+        def learn() -> LearnReport:
+            options = dataclasses.asdict(learn_options(config))
+            return learn_thresholds(reference, model, batches, run=calibration_logits, **options)
+
+    return recipe_steps(model, batches[:SATURATION_BATCHES], run, learn)
 
 
-__all__ = ["MAX_EXTRA_STEPS", "apply_recipe", "widen_saturated"]
+__all__ = [
+    "MAX_EXTRA_STEPS",
+    "apply_recipe",
+    "learn_options",
+    "recipe_steps",
+    "widen_saturated",
+]

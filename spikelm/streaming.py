@@ -11,12 +11,13 @@ into the float32 model exactly as a float32 load would.
 Calibrated thresholds (static rules, ``smooth_alpha``) go block by block
 (:mod:`spikelm.blockwise`): the calibration batches pass through one decoder block at a time,
 each block loaded in float32 when the writer reaches its first layer and freed when it moves on,
-so memory holds one block and the calibration activations. ``fisher_power`` (gradients of the
-whole model's loss) and the ``spikelm`` recipe (learned against the whole model's logits) are
-refused.
+so memory holds one block and the calibration activations. The ``spikelm`` recipe learns block
+by block too, each block against its error carried to the output head (the outer modules and the
+head loaded as well). ``fisher_power`` (gradients of the whole model's loss) is refused.
 
 The output is the checkpoint :func:`spikelm.checkpoint.save` writes for the same weights and
-calibration batches with ``fuse=False`` (same tensors and values), sharded when larger than
+calibration batches with ``fuse=False`` (same tensors and values; for the ``spikelm`` recipe the
+same weights, with the neurons learned block by block instead of against the whole model), sharded when larger than
 ``shard_bytes``. Families whose stored tensors are not the inference weights as the model holds
 them (load-time fix-ups or renamed keys) are refused by name.
 """
@@ -49,6 +50,7 @@ from spikelm.convert import spiking_layer
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError, require_extra
 from spikelm.fileio import one_line, tensor_files
 from spikelm.outputs import check_output
+from spikelm.saturation import warn_saturation
 from spikelm.targets import check_patterns, check_targets, target_linears
 
 
@@ -110,10 +112,10 @@ def convert_streaming(
             if layer_name in targets and kind == "weight":
                 linear = targets[layer_name]
                 bias = f"{layer_name}.bias" if linear.bias is not None else None
-                float_layer, observer = (
-                    blocks.layer(layer_name) if blocks else (_linear(files, name, bias), None)
-                )
-                layer = spiking_layer(float_layer, config, layer_name, observer)
+                if blocks:
+                    layer = blocks.layer(layer_name)
+                else:
+                    layer = spiking_layer(_linear(files, name, bias), config, layer_name)
                 for key, tensor in layer.state_dict().items():
                     writer.add(f"{layer_name}.{key}", tensor)
                 entries[layer_name] = {
@@ -121,6 +123,9 @@ def convert_streaming(
                     "out": linear.out_features,
                     "bias": bias is not None,
                 }
+                neuron = layer.neuron_overrides(config)
+                if neuron:
+                    entries[layer_name]["neuron"] = neuron
             elif not (layer_name in targets and kind == "bias"):
                 writer.add(name, _read(files, name))
         manifest = manifest_for(
@@ -128,6 +133,8 @@ def convert_streaming(
             metadata=source_metadata(source),
         )  # fmt: skip
         publish(staging, manifest, lambda d: adapter.save_config(model, d), tokenizer)
+    if blocks and blocks.saturation:
+        warn_saturation(blocks.saturation, "on the calibration data")
     return Path(out_dir)
 
 
@@ -139,20 +146,18 @@ def _streaming_types(model_types: tuple[str, ...]) -> list[str]:
 
 def _check_calibration(config: SpikeConfig, calibration: Sequence[torch.Tensor] | None) -> None:
     """Calibration data exactly when the config needs it, for a rule that works block by block."""
-    whole = None
     if config.fisher_power is not None:
-        whole = "fisher_power needs the gradients of the whole model's next-token loss"
-    elif config.recipe == "spikelm":
-        whole = "recipe=spikelm learns its thresholds against the whole model's logits"
-    if whole:
         raise ConfigError(
-            f"streaming calibrates one block at a time, and {whole}; convert without --stream"
+            "streaming calibrates one block at a time, and fisher_power needs the gradients of "
+            "the whole model's next-token loss; convert without --stream"
         )
     if config.needs_calibration and calibration is None:
-        raise ConfigError(
-            f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} need calibration "
-            "data: pass --calib FILE or --calib-ids FILE"
+        needs = (
+            f"recipe={config.recipe} learns from"
+            if config.recipe != "spikingbrain"
+            else f"threshold={config.threshold} / smooth_alpha={config.smooth_alpha} need"
         )
+        raise ConfigError(f"{needs} calibration data: pass --calib FILE or --calib-ids FILE")
     if calibration is not None and not config.needs_calibration:
         raise ConfigError(
             "the dynamic threshold rule uses no calibration data: drop --calib/--calib-ids, or "

@@ -24,8 +24,10 @@ import spikelm  # noqa: E402
 from spikelm.checkpoint import INDEX, SHARDED_VERSION, VERSION  # noqa: E402
 from spikelm.cli import main  # noqa: E402
 from spikelm.errors import CheckpointError, ConfigError, UnsupportedModelError  # noqa: E402
+from spikelm.estimators.counters import summarize  # noqa: E402
 from spikelm.hf import load_causal_lm  # noqa: E402
-from spikelm.layers import spiking_layers  # noqa: E402
+from spikelm.layers import collect_stats, spiking_layers  # noqa: E402
+from spikelm.learn import kl_divergence  # noqa: E402
 from spikelm.simulate import simulate  # noqa: E402
 from spikelm.streaming import convert_streaming  # noqa: E402
 from spikelm.workflow import calibration_windows  # noqa: E402
@@ -122,6 +124,98 @@ def test_calibrated_streaming_gives_the_in_memory_conversion(
     _assert_same_spiking_model(streamed, spikelm.save(spiking, tmp_path / "in-memory"))
 
 
+def _recipe_batches() -> list[torch.Tensor]:
+    ids = torch.randint(4, hf_tiny.VOCAB_SIZE, (400,), generator=torch.Generator().manual_seed(1))
+    return [w.repeat(2, 1) for w in calibration_windows(ids, 32, 6)]  # [2, 32] each
+
+
+def _neurons(path: Path) -> dict[str, dict]:
+    return {n: e.get("neuron", {}) for n, e in _manifest(path)["layers"].items()}
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "spikelm.json").read_text())
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
+def test_the_spikelm_recipe_streams_block_by_block(tmp_path: Path, monkeypatch) -> None:
+    """``recipe="spikelm"`` streams: the weights are the in-memory conversion's bit for bit, only
+    neuron parameters are learned (every layer's k and gain recorded, checkpoint version 5), one
+    block is loaded while a block learns, and the result is the same file twice."""
+    import spikelm.blockwise as blockwise
+
+    source = _source(tmp_path, "qwen2")  # tied embeddings: the head is the embedding, read again
+    config = spikelm.SpikeConfig(recipe="spikelm")
+    batches = _recipe_batches()
+    loaded: list[list[int]] = []  # the blocks holding tensors while one learns
+    learn = blockwise.BlockwiseCalibration._learn
+
+    def watched(self, *args):
+        real = [any(t.device.type != "meta" for t in b.state_dict().values()) for b in self.blocks]
+        loaded.append([i for i, is_real in enumerate(real) if is_real])
+        amplification.update(self.amplification)
+        return learn(self, *args)
+
+    amplification: dict[int, float] = {}
+
+    monkeypatch.setattr(blockwise.BlockwiseCalibration, "_learn", watched)
+    streamed = convert_streaming(
+        source, tmp_path / "streamed", config, calibration=batches, progress=False
+    )
+    assert loaded == [[0], [1]]
+    # the last block's error reaches the head through no later block: measured exactly once
+    assert amplification[1] == pytest.approx(1.0, abs=1e-3) and amplification[0] != 1.0
+    again = convert_streaming(source, tmp_path / "again", config, calibration=batches,
+                              progress=False)  # fmt: skip
+    for file in ("spikelm.json", *(p.name for p in streamed.glob("*.safetensors"))):
+        assert (streamed / file).read_bytes() == (again / file).read_bytes(), file
+    manifest = _manifest(streamed)
+    assert manifest["version"] == 5 and manifest["spike_config"]["recipe"] == "spikelm"
+    neurons = _neurons(streamed)
+    assert all("k" in n and "gain" in n for n in neurons.values()), neurons
+    assert all(n["k"] != config.k for n in neurons.values())  # learned from k = 3
+    assert any(n["gain"] != 1 for n in neurons.values())
+    ann, _ = load_causal_lm(source)
+    plain = spikelm.SpikeConfig(spike_cost=0.3)  # the same coding, no recipe: the same weights
+    converted = spikelm.convert(spikelm.prepare(ann, plain), fuse=False)
+    weights, learned = spikelm.load(streamed).state_dict(), converted.state_dict()
+    assert weights.keys() == learned.keys()
+    assert [k for k in weights if not torch.equal(weights[k], learned[k])] == []
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
+def test_block_learning_trades_fidelity_for_spikes(tmp_path: Path) -> None:
+    """The streamed recipe's knob works as the whole-model recipe's does: a larger spike weight
+    gives fewer spikes per channel on the calibration text, and a smaller one a smaller KL to the
+    ANN than SpikingBrain's conversion with the same coding."""
+    source = _source(tmp_path, "llama")
+    batches = _recipe_batches()
+    ann, _ = load_causal_lm(source)
+    with torch.no_grad():
+        target = [torch.log_softmax(ann(b).logits, -1) for b in batches]
+
+    def measured(config: spikelm.SpikeConfig, name: str) -> tuple[float, float]:
+        calibration = batches if config.needs_calibration else None
+        out = convert_streaming(source, tmp_path / name, config, calibration=calibration,
+                                progress=False)  # fmt: skip
+        model = spikelm.load(out)
+        kl = 0.0
+        with torch.no_grad(), collect_stats(model) as stats:
+            for b, t in zip(batches, target, strict=True):
+                kl += float(kl_divergence(t, model(b).logits))
+        total = summarize(stats.values())
+        return kl / len(batches), total.spikes_per_channel
+
+    plain = spikelm.SpikeConfig(recipe="spikingbrain", spike_cost=0.3)
+    kl_plain, _ = measured(plain, "plain")
+    kl_faithful, spikes_faithful = measured(
+        spikelm.SpikeConfig(recipe="spikelm", spike_weight=0.0), "w0"
+    )
+    _, spikes_frugal = measured(spikelm.SpikeConfig(recipe="spikelm", spike_weight=1.0), "w1")
+    assert kl_faithful < kl_plain
+    assert spikes_frugal < 0.9 * spikes_faithful
+
+
 @pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
 def test_cli_calibrated_stream_matches_the_in_memory_cli(tmp_path: Path, capsys) -> None:
     """``convert --stream --calib TEXT`` and ``convert --no-fuse --calib TEXT``: one checkpoint
@@ -139,6 +233,21 @@ def test_cli_calibrated_stream_matches_the_in_memory_cli(tmp_path: Path, capsys)
     for out in ("s", "m"):  # both record the model converted, for spikelm eval's baselines
         manifest = json.loads((tmp_path / out / "spikelm.json").read_text())
         assert manifest["metadata"]["source"] == str(source.resolve())
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
+def test_cli_streams_the_spikelm_recipe(tmp_path: Path, capsys) -> None:
+    source = _source(tmp_path, "llama")
+    text = tmp_path / "calib.txt"
+    text.write_text("Calibration text, tokenized by the checkpoint's own tokenizer. " * 12)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["convert", str(source), "--out", str(out), "--stream", "--recipe", "spikelm",
+                 "--calib", str(text), "--seq-len", "32", "--calib-windows", "4"]) == 0  # fmt: skip
+    assert "block by block with calibration, neurons learned per block" in capsys.readouterr().out
+    neurons = _neurons(out)
+    assert _manifest(out)["version"] == 5 and all("gain" in n for n in neurons.values())
+    assert spikelm.load(out) is not None
 
 
 def test_a_small_model_streams_into_one_file(tmp_path: Path) -> None:
@@ -312,8 +421,7 @@ BAD_CALIBRATION = [
     (["--threshold", "static_tensor", "--calib-ids", "BIG"], "token id 999 outside [0, 320)"),
     (["--threshold", "static_tensor", "--fisher-power", "0.5", "--calib-ids", "IDS"],
      "streaming calibrates one block at a time, and fisher_power needs the gradients"),
-    (["--recipe", "spikelm", "--calib-ids", "IDS"],
-     "and recipe=spikelm learns its thresholds against the whole model's logits"),
+    (["--recipe", "spikelm"], "recipe=spikelm learns from calibration data: pass --calib"),
 ]  # fmt: skip
 
 
