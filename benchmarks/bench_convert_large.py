@@ -16,6 +16,10 @@ loading, a short decode.
 5. ``convert_calib``: the same conversion with calibrated thresholds, block by block
    (``--stream --calib-ids``: 8 windows of 128 random token ids; static per-tensor thresholds at
    the 99.9th percentile with outlier migration, ``smooth_alpha`` 0.5).
+6. with ``--recipe``: ``--stream --recipe spikelm`` on the same windows, the neurons learned
+   block by block (150 steps of one block and the head per block: run it with few ``--layers``
+   on a small machine; the random weights make its fidelity meaningless, its time and memory
+   are what it measures).
 
 Each phase runs in a subprocess of its own and reports its peak RSS (``ru_maxrss``) and that of a
 bare ``import torch, transformers, spikelm`` (the baseline); wall times and disk use are printed.
@@ -50,7 +54,8 @@ LLAMA_7B = {
     "tie_word_embeddings": False,
 }
 SHARD_BYTES = 1 << 30
-TARGETS_GB = {"convert": 4.0, "convert_calib": 6.0, "load": 3.0}  # load: over the int8 size
+TARGETS_GB = {"convert": 4.0, "convert_calib": 6.0, "convert_recipe": 6.0, "load": 3.0}
+# load: over the int8 size
 CALIB_WINDOWS, CALIB_LEN = 8, 128
 CALIB_OPTIONS = ["--threshold", "static_tensor", "--rule", "percentile", "--smooth-alpha", "0.5"]
 
@@ -158,6 +163,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (temporary)")
     parser.add_argument("--layers", type=int, default=LLAMA_7B["num_hidden_layers"])
+    parser.add_argument("--recipe", action="store_true", help="also stream --recipe spikelm")
     args = parser.parse_args()
     shape = {**LLAMA_7B, "num_hidden_layers": args.layers}
     lines: list[str] = []
@@ -225,6 +231,16 @@ def main() -> None:
             f"{'convert --stream --calib-ids':<34} {wall:>7.0f} {peak:>8.2f} "
             f"{peak - base_gb:>9.2f} {limit_of('convert_calib'):>14}{resident(calib)}"
         )
+        if args.recipe:
+            shutil.rmtree(output)
+            recipe_args = ["--calib-ids", str(ids), "--seq-len", str(CALIB_LEN),
+                           "--calib-windows", str(CALIB_WINDOWS), "--recipe", "spikelm"]  # fmt: skip
+            wall, recipe, _ = run(CONVERT, str(source), str(output), *recipe_args)
+            peak = recipe["PEAK_KB"] / 2**20
+            report(
+                f"{'convert --stream --recipe spikelm':<34} {wall:>7.0f} {peak:>8.2f} "
+                f"{peak - base_gb:>9.2f} {limit_of('convert_recipe'):>14}{resident(recipe)}"
+            )
         report()
         report(
             f"output: {written / 1e9:.2f} GB on disk ({shards} "
@@ -243,6 +259,12 @@ def main() -> None:
             f"decoder block at a time (float32), {' '.join(CALIB_OPTIONS)}; "
             f"{calib_written / 1e9:.2f} GB on disk"
         )
+        if args.recipe:
+            report(
+                "recipe: the same windows, dynamic k=3, the spikelm recipe's neurons learned "
+                "block by block (150 steps per block, each one window through one block, the "
+                "final norm and the head, forward and backward)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.out:

@@ -184,6 +184,20 @@ def test_the_spikelm_recipe_streams_block_by_block(tmp_path: Path, monkeypatch) 
 
 
 @pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
+@pytest.mark.parametrize("family", ["mamba2", "recurrent_gemma"])
+def test_the_recipe_streams_on_the_other_streaming_families(family: str, tmp_path: Path) -> None:
+    """The head is reached through the family's own forward (its blocks stood in for), so the
+    recipe streams wherever calibration does: every layer learned, the checkpoint loads and runs."""
+    source = _source(tmp_path, family)
+    config = spikelm.SpikeConfig(recipe="spikelm")
+    out = convert_streaming(source, tmp_path / "out", config, calibration=_recipe_batches()[:3],
+                            progress=False)  # fmt: skip
+    assert all(n["k"] != config.k and "gain" in n for n in _neurons(out).values())
+    with torch.no_grad():
+        assert torch.isfinite(spikelm.load(out)(IDS).logits).all()
+
+
+@pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
 def test_block_learning_trades_fidelity_for_spikes(tmp_path: Path) -> None:
     """The streamed recipe's knob works as the whole-model recipe's does: a larger spike weight
     gives fewer spikes per channel on the calibration text, and a smaller one a smaller KL to the
