@@ -19,17 +19,20 @@ one block in float32, the hidden states of the calibration batches and the block
 arguments.
 
 With ``recipe="spikelm"``, a float pass through every block first keeps the float model's last
-hidden states ``h``; then each block ``b``, once converted, runs the recipe's steps
+hidden states ``h`` and measures each block's amplification ``a_b`` (its conversion error on
+batch 0 carried by the float blocks after it, against the same error added to ``h``: the ratio
+of the two KLs at the head). Then each block ``b``, once converted, runs the recipe's steps
 (:func:`spikelm.recipes.recipe_steps`) on the hidden states the spiking blocks before it give,
 ``x_b``, and learns its layers' thresholds and gains (:func:`spikelm.learn.fit_neurons`) on
 
-    KL( p(. | h) || p(. | h + f~_b(x_b) - f_b(x_b^ann)) )  +  lambda (C_b / C) S_b
+    a_b KL( p(. | h) || p(. | h + f~_b(x_b) - f_b(x_b^ann)) )  +  lambda (C_b / C) S_b
 
-the block's error carried to the output head along the residual stream (every later block
-taken as the identity; the outer modules and the head are loaded for it), plus its spikes per
-channel weighted by its share ``C_b / C`` of the model's input channels, so that ``lambda``
-(``spike_weight``) and the budget mean what they mean for the whole-model recipe.
-Memory holds one block, the outer modules and the head, and four hidden states per batch.
+the block's error carried to the output head along the residual stream (the later blocks'
+growth of it taken from ``a_b``; the outer modules and the head are loaded for it), plus its
+spikes per channel weighted by its share ``C_b / C`` of the model's input channels, so that
+``lambda`` (``spike_weight``) and the budget mean what they mean for the whole-model recipe.
+Memory holds one block, the outer modules and the head, four hidden states per batch and two
+per block for batch 0.
 """
 
 from __future__ import annotations

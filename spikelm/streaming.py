@@ -17,8 +17,8 @@ head loaded as well). ``fisher_power`` (gradients of the whole model's loss) is 
 
 The output is the checkpoint :func:`spikelm.checkpoint.save` writes for the same weights and
 calibration batches with ``fuse=False`` (same tensors and values; for the ``spikelm`` recipe the
-same weights, with the neurons learned block by block instead of against the whole model), sharded when larger than
-``shard_bytes``. Families whose stored tensors are not the inference weights as the model holds
+same weights, its neurons learned block by block instead of against the whole model), sharded
+when larger than ``shard_bytes``. Families whose stored tensors are not the inference weights as the model holds
 them (load-time fix-ups or renamed keys) are refused by name.
 """
 

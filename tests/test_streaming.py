@@ -197,6 +197,19 @@ def test_the_recipe_streams_on_the_other_streaming_families(family: str, tmp_pat
         assert torch.isfinite(spikelm.load(out)(IDS).logits).all()
 
 
+def test_the_streamed_recipe_names_the_layers_that_still_clamp(tmp_path: Path, monkeypatch) -> None:
+    """Saturation is never silent when streaming either: with no steps added (binary coding over
+    one step clamps every negative count), the blocks' own measurement warns, naming layers."""
+    import spikelm.recipes as recipes
+    from spikelm.saturation import SaturationWarning
+
+    monkeypatch.setattr(recipes, "widen_saturated", lambda *args, **kwargs: {})
+    config = spikelm.SpikeConfig(recipe="spikelm", coding="binary", steps=1)
+    with pytest.warns(SaturationWarning, match=r"model\.layers\.1\.mlp\.down_proj"):
+        convert_streaming(_source(tmp_path), tmp_path / "out", config,
+                          calibration=_recipe_batches()[:2], progress=False)  # fmt: skip
+
+
 @pytest.mark.filterwarnings("ignore::spikelm.saturation.SaturationWarning")
 def test_block_learning_trades_fidelity_for_spikes(tmp_path: Path) -> None:
     """The streamed recipe's knob works as the whole-model recipe's does: a larger spike weight
