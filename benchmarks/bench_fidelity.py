@@ -55,6 +55,7 @@ from _machine import describe_machine, emit  # noqa: E402
 from _tiny_lms import FAMILIES, train_tiny  # noqa: E402
 
 import spikelm  # noqa: E402
+from spikelm.adapters import adapter_for  # noqa: E402
 from spikelm.config import SpikeConfig  # noqa: E402
 from spikelm.convert import spiking  # noqa: E402
 from spikelm.fidelity import compare, token_batches  # noqa: E402
@@ -214,7 +215,7 @@ def cost_section(models: dict[str, tuple[nn.Module, list]], workdir: Path) -> li
     for name, (model, calib) in models.items():
         params = sum(p.numel() for p in model.parameters())
         ways = {recipe: _in_memory(model, calib) for recipe in ("spikingbrain", "spikelm")}
-        if hasattr(model, "save_pretrained"):  # a transformers checkpoint streams
+        if adapter_for(model).streams:  # a transformers family that converts tensor by tensor
             source = workdir / "cost" / "src"
             model.save_pretrained(source)
             ways["spikelm, streamed"] = _streamed(source, calib)
@@ -280,6 +281,12 @@ def plot(results: dict[str, tuple[float, dict]], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def keep(lines: list[str], section: list[str]) -> None:
+    """Add ``section`` to the report, and show it on stderr as soon as it is measured."""
+    lines.extend(section)
+    print("\n".join(section), file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-windows", type=int, default=64)
@@ -323,14 +330,14 @@ def main() -> None:
             )
             curves.update(streamed)
         results[label] = (ann_ppl, curves)
-        lines += ["", *_rows(f"{label}, unfused", ann_ppl, curves)]
+        keep(lines, ["", *_rows(f"{label}, unfused", ann_ppl, curves)])
         _, fused = sweep(model, SWEEPS, calib, evaluation, fuse=True)
-        lines += ["", *_rows(f"{label}, fused (shared inputs: one neuron)", ann_ppl, fused)]
-    lines += ["", *steps_section(demo, calib, evaluation)]
+        keep(lines, ["", *_rows(f"{label}, fused (shared inputs: one neuron)", ann_ppl, fused)])
+    keep(lines, ["", *steps_section(demo, calib, evaluation)])
     cost_models = {"demo model": (demo, calib)}
     if args.large:
         cost_models["Llama 100M (random)"] = (_large_llama(), [b[:, :128] for b in calib[:4]])
-    lines += ["", *cost_section(cost_models, workdir)]
+    keep(lines, ["", *cost_section(cost_models, workdir)])
     shutil.rmtree(workdir)
     lines.append(f"# wall {time.perf_counter() - start:.0f} s")
     emit("\n".join(lines), args.out)
