@@ -103,15 +103,25 @@ def save(
     fused = _fused_entries(model, layers)
     entries = {}
     for name, m in layers.items():
-        entries[name] = {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
-        neuron = m.neuron_overrides(config)
-        if neuron:
-            entries[name]["neuron"] = neuron
+        entries[name] = layer_entry(m, config)
     manifest = manifest_for(config, adapter, entries, fused, metadata=metadata)
     with staged_checkpoint(directory) as staging:
         save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})
         publish(staging, manifest, lambda d: adapter.save_config(model, d), tokenizer)
     return Path(directory)
+
+
+def layer_entry(layer: SpikingLinear, config: SpikeConfig) -> dict[str, Any]:
+    """A layer's entry in the manifest: its shape, its bias, and its own neuron parameters."""
+    entry: dict[str, Any] = {
+        "in": layer.in_features,
+        "out": layer.out_features,
+        "bias": layer.bias is not None,
+    }
+    neuron = layer.neuron_overrides(config)
+    if neuron:
+        entry["neuron"] = neuron
+    return entry
 
 
 def manifest_for(

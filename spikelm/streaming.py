@@ -40,6 +40,7 @@ from spikelm.checkpoint import (
     SHARD_BYTES,
     WEIGHTS,
     ShardWriter,
+    layer_entry,
     manifest_for,
     publish,
     source_metadata,
@@ -118,14 +119,7 @@ def convert_streaming(
                     layer = spiking_layer(_linear(files, name, bias), config, layer_name)
                 for key, tensor in layer.state_dict().items():
                     writer.add(f"{layer_name}.{key}", tensor)
-                entries[layer_name] = {
-                    "in": linear.in_features,
-                    "out": linear.out_features,
-                    "bias": bias is not None,
-                }
-                neuron = layer.neuron_overrides(config)
-                if neuron:
-                    entries[layer_name]["neuron"] = neuron
+                entries[layer_name] = layer_entry(layer, config)
             elif not (layer_name in targets and kind == "bias"):
                 writer.add(name, _read(files, name))
         manifest = manifest_for(
