@@ -37,8 +37,8 @@
    object rebuilt from the named state each token; the spiking copy under ``simulate``). Their
    firing rate is measured and printed.
 3. The physical limits, with the bandwidths measured in the same run: each path's read bound
-   (the int8 bytes it must read once: the count path its active channel pairs, the event path
-   its active channels, int8 every weight) and the event kernel's events/s <= copy bandwidth /
+   (the int8 bytes it must read once: the count path the channel pairs it lists, the event
+   path its active channels, int8 every weight) and the event kernel's events/s <= copy bandwidth /
    column bytes (column = ``out`` int8 weights). Whole-model rows add each model's int8 weight
    bytes per token and where a token's time goes: the same decode with every linear layer's
    forward returning its previous output (the rest of the model), and with the numba backend's
@@ -323,6 +323,7 @@ def int8_baseline(model: nn.Module, names: Iterable[str] | None = None) -> nn.Mo
 
 def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy_bw: float) -> dict:
     from spikelm.backends.numba import _call as numba_call  # a layer's compiled call
+    from spikelm.backends.numba.counts import SKIP_RUN, listed_pairs
 
     config = SpikeConfig()
     make_sj, sj_reason = spikingjelly_runner()
@@ -343,8 +344,9 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
         "top: 'counts path' minus 'call' is the Python around the kernel, which a cold cache "
         "makes several times dearer); 'c/int8' = int8's median over the call's; 'BW%' = share of "
         "the read bound (the int8 bytes a path must read once / read bandwidth) that it reaches: "
-        "'c' the count path, which reads the rows' active channel pairs (a pair is skipped only "
-        "when both channels are silent), 'e' the event path (the active channels' columns), 'q' "
+        "'c' the count path, which reads the channel pairs it lists (every pair but runs of "
+        f"{SKIP_RUN} or more silent ones: a gap in the stream costs more than it saves), 'e' "
+        "the event path (the active channels' columns), 'q' "
         "int8 (every weight); 'ev/s%' = the event path's events/s over the event bound (copy "
         "bandwidth / out bytes: each event reading one int8 weight column from memory)"
     )
@@ -399,8 +401,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 x = counts * v_th
                 events = event_count(counts, config)
                 active = int(counts.count_nonzero())
-                nonzero = counts != 0
-                pairs = int((nonzero[:, 0::2] | nonzero[:, 1::2]).sum())  # read by the count path
+                width = numba_call(layers[0]).bound.layout.width
+                pairs = listed_pairs(counts.to(torch.int64).numpy(), width)  # count path reads
                 spars = 1.0 - events / (batch * in_f * config.steps)
                 reps, budget = args.reps, args.budget
                 times = {}
@@ -433,8 +435,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 x_int8 = statistics.median(t_int8) / best
                 call_int8 = statistics.median(t_int8) / statistics.median(t_call)
                 x_sj = statistics.median(t_sj) / best if t_sj else float("nan")
-                # seconds to read once what each path must: the count path its active channel
-                # pairs, the event path its active channels' columns, int8 every weight
+                # seconds to read once what each path must: the count path the pairs it lists,
+                # the event path its active channels' columns, int8 every weight
                 bound = active * out_f / read_bw
                 bound_c, bound_q = 2 * pairs * out_f / read_bw, in_f * out_f / read_bw
                 event_rate = events / med["events"] / (copy_bw / out_f)
@@ -623,7 +625,7 @@ def token_split(
     from spikelm.backends.numba import driver
 
     rest = [(cls, "forward", _previous_output(cls.forward)) for cls in LINEAR_FORWARDS]
-    no_kernels = [(driver, name, _zeros_kernel) for name in ("_run_serial", "_run_parallel")]
+    no_kernels = [(driver, "kernel", lambda parallel, key: _zeros_kernel)]
     states = {"total": [], "rest": rest, "no kernels": no_kernels}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
     chooser = copy.deepcopy(driver._parallel_chooser.state)
@@ -956,8 +958,8 @@ def main() -> None:
         report(
             f"4096x4096, batch 1, demo firing, {what}: fastest exact path ({k['faster']}) "
             f"{k['x_dense']:.2f}x the speed of dense F.linear, {k['x_int8']:.2f}x that of int8 "
-            f"dynamic quantization{sj}; bytes to read: count path {k['mb_pairs']:.1f} MB (active "
-            f"channel pairs), event path {k['mb']:.1f} MB (active channels), int8 "
+            f"dynamic quantization{sj}; bytes to read: count path {k['mb_pairs']:.1f} MB (the pairs "
+            f"it lists), event path {k['mb']:.1f} MB (active channels), int8 "
             f"{k['mb_int8']:.1f} MB; read bound ({read_bw / 1e9:.1f} GB/s) reached: count path "
             f"{k['bw_counts']:.0%}, event path {k['bw_events']:.0%}, int8 {k['bw_int8']:.0%}; "
             f"event path {k['event_rate']:.0%} of the event bound (one column per event at "

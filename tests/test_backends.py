@@ -703,6 +703,40 @@ def test_numba_count_path_cuts_int32_lanes_before_they_wrap(numba_path: str) -> 
 
 
 @needs_numba
+def test_numba_count_path_reads_short_silent_runs_and_skips_long_ones() -> None:
+    """The count kernel lists every channel pair but runs of SKIP_RUN or more silent ones (a
+    short gap costs the memory stream more than it saves): the listed pairs are exactly those,
+    and the outputs stay the reference's bit for bit with runs at a group's start, middle and
+    end."""
+    from spikelm.backends import numba as numba_backend
+    from spikelm.backends.numba import driver
+    from spikelm.backends.numba.counts import SKIP_RUN, listed_pairs
+
+    width = 4 * SKIP_RUN  # channels per group: 2 * SKIP_RUN pairs
+    layer = _layer("bitwise_bidirectional", 8, width, n_in=3 * width, n_out=300)
+    counts = torch.zeros(2, 3 * width)
+    pairs = counts.view(2, -1, 2)  # [rows, pairs, 2]
+    # group 0: a silent run of SKIP_RUN - 1 pairs (read), then active pairs
+    pairs[0, SKIP_RUN - 1 : 2 * SKIP_RUN, 1] = 3
+    # group 1: active, a silent run of SKIP_RUN pairs (skipped), active to the group's end
+    pairs[0, 2 * SKIP_RUN, 0] = -5
+    pairs[0, 3 * SKIP_RUN + 1 : 4 * SKIP_RUN, 0] = 7
+    # group 2: one active pair, then silent to the end (skipped)
+    pairs[0, 4 * SKIP_RUN, :] = 1
+    pairs[1, ::3, 0] = -2  # row 1: gaps of two silent pairs, all read
+    per_group = 2 * SKIP_RUN
+    expected = [per_group + (per_group - SKIP_RUN) + 1, 3 * per_group]
+    for r, want in enumerate(expected):
+        assert listed_pairs(counts[r : r + 1].to(torch.int64).numpy(), width) == want
+    v_th = _thresholds(2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(driver, "PATH", "counts")
+        assert torch.equal(
+            numba_backend.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
+        )
+
+
+@needs_numba
 def test_numba_forward_follows_parameter_changes() -> None:
     """The one-call path caches its weight layout and neuron constants per layer; changing a
     buffer in place, replacing one, or changing k must be seen by the next call."""

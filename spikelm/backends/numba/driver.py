@@ -39,7 +39,9 @@ PARALLEL: bool | str = "auto"
 (:class:`~spikelm.backends.numba.tuning.ParallelChooser`). Threads: numba's ``omp`` layer and
 torch each load an OpenMP runtime whose idle workers spin, so on an oversubscribed machine a
 parallel call can wait for scheduler slices (measured on 2 shared cores: median 32 ms instead of
-~1.6 ms serially); timing both settles it. ``GOMP_SPINCOUNT=0`` at process start helps too."""
+~1.6 ms serially); timing both settles it. ``GOMP_SPINCOUNT=0`` at process start helps too. With
+one numba thread the parallel kernel runs its tasks in that thread: the chooser keeps the faster
+of two that do the same."""
 
 PATH: str = "auto"
 """``"counts"`` or ``"events"`` forces a path; ``"auto"`` chooses per row by the crossover the
@@ -180,7 +182,7 @@ def _run_serial(
 
 _ACC_TYPES = {torch.int32: numba.int32, torch.int64: numba.int64}
 _compile_seconds = 0.0
-_compiled: set = set()
+_kernels: dict = {}  # (parallel, accumulator dtype, scale dtype): compiled entry point
 _parallel_chooser = ParallelChooser()
 _path_chooser = PathChooser()
 
@@ -204,17 +206,22 @@ def _signature(acc_dtype: torch.dtype, scale_dtype: np.dtype) -> tuple:
     )  # fmt: skip
 
 
-def _ensure(parallel: bool, acc_dtype: torch.dtype, scale_dtype: np.dtype = FLOAT32) -> None:
-    """Compile (or load from the disk cache) one kernel for one accumulator and scale dtype,
-    timed."""
+def kernel(parallel: bool, key: tuple[torch.dtype, np.dtype]) -> Callable[..., int]:
+    """The compiled entry point of the parallel or serial kernel for ``key = (accumulator dtype,
+    scale dtype)``, compiled (or loaded from the disk cache) on first use, timed. Calling it
+    skips the dispatcher's matching of 25 argument types (~1 us a call, several times that
+    when a large model's weights have pushed Python's objects out of the caches), so its
+    arguments must have the signature's types (:func:`_signature`)."""
     global _compile_seconds
-    key = (parallel, acc_dtype, scale_dtype)
-    if key in _compiled:
-        return
-    start = time.perf_counter()
-    (_run_parallel if parallel else _run_serial).compile(_signature(acc_dtype, scale_dtype))
-    _compiled.add(key)
-    _compile_seconds += time.perf_counter() - start
+    entry = _kernels.get((parallel, *key))
+    if entry is None:
+        start = time.perf_counter()
+        dispatcher = _run_parallel if parallel else _run_serial
+        signature = _signature(*key)
+        dispatcher.compile(signature)
+        entry = _kernels[(parallel, *key)] = dispatcher.overloads[signature].entry_point
+        _compile_seconds += time.perf_counter() - start
+    return entry
 
 
 def warmup(acc_dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> float:
@@ -223,8 +230,8 @@ def warmup(acc_dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> float:
     (:func:`compile_seconds` keeps the running total)."""
     start = time.perf_counter()
     for dtype in acc_dtypes:
-        _ensure(False, dtype)
-        _ensure(True, dtype)
+        kernel(False, (dtype, FLOAT32))
+        kernel(True, (dtype, FLOAT32))
     return time.perf_counter() - start
 
 
@@ -284,9 +291,9 @@ def _synthetic(lay: Layout, blocks: np.ndarray, crossover: float) -> float:
     v = np.ones(rows)
     y = np.empty((rows, lay.out_features), dtype=np.float32)
     acc = EMPTY_ACC[lay.acc_np]
-    _ensure(False, lay.acc_dtype, lay.scale_t.dtype)
+    run_serial = kernel(False, (lay.acc_dtype, lay.scale_t.dtype))
     start = time.perf_counter()
-    _run_serial(
+    run_serial(
         EMPTY_X, *NO_NEURON.arguments(), counts, v, lay.pairs, blocks, lay.width,
         lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, EMPTY_F32, crossover, False,
         acc, y,
@@ -323,10 +330,13 @@ class Bound:
 
     Built once per layer and parameter version (the per-token path, :func:`spikelm.backends.numba
     .forward`) or per call (:func:`run`); a call does only what depends on the rows: allocate the
-    outputs, pick the path crossover and the serial or parallel kernel, and run it.
+    outputs, pick the serial or parallel kernel, and run it. The arguments that do not depend on
+    the rows (the crossover, measured on the first call that needs it, and the weights of the
+    path it implies) are gathered once, and the kernel is entered through its compiled entry
+    point (:func:`kernel`), so a call costs little more than the kernel's own work.
     """
 
-    __slots__ = ("blocks", "bias", "crossover", "kernel_key", "layout", "neuron", "work")
+    __slots__ = ("bias", "blocks", "kernel_key", "layout", "neuron", "tail", "tail_path", "work")
 
     def __init__(
         self,
@@ -339,15 +349,21 @@ class Bound:
         self.neuron = neuron.arguments()
         self.work = lay.in_features * lay.out_features  # column updates per row, at most
         self.kernel_key = (lay.acc_dtype, lay.scale_t.dtype)
-        self.crossover: float | None = None  # measured on the first call that needs it
+        self.tail: tuple = ()  # the kernel's arguments after ``v`` but for acc and y
+        self.tail_path: str | None = None  # the PATH they were gathered for
 
-    def _crossover(self) -> float:
-        if PATH != "auto":
-            return FORCED[PATH]
-        crossover = self.crossover
+    def _tail(self) -> tuple:
+        lay = self.layout
+        crossover = FORCED.get(PATH)
         if crossover is None:
-            crossover = self.crossover = measure_crossover(self.layout)
-        return crossover
+            crossover = measure_crossover(lay)
+        self.tail = (
+            lay.pairs, self.blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width,
+            lay.decoding_code, lay.shifts, lay.negative, lay.scale_t, self.bias, crossover,
+            1.0 <= crossover < math.inf,
+        )  # fmt: skip
+        self.tail_path = PATH
+        return self.tail
 
     def __call__(
         self, counts: np.ndarray = EMPTY_COUNTS, v: np.ndarray = EMPTY_F64, *,
@@ -360,8 +376,9 @@ class Bound:
         into ``counts`` (int64 ``[M, in]``) and ``v`` (float64 ``[M]``) where they have the rows
         (else the kernel keeps them); returns ``None`` if ``x`` holds NaN or inf. Without it,
         ``counts`` and ``v`` are inputs (counts in the coding's range: the entry points check
-        that). The event kernel's weights (``blocks()``) are asked for only when a row may take
-        that path.
+        that). Every array C-contiguous, of these dtypes: the compiled entry point does not
+        check them. The event kernel's weights (``blocks()``) are asked for only when a row may
+        take that path.
         """
         rows = max(x.shape[0], counts.shape[0])
         lay = self.layout
@@ -371,23 +388,16 @@ class Bound:
             acc, y = EMPTY_ACC[lay.acc_np], np.empty((rows, lay.out_features), dtype=np.float32)
         if rows == 0:
             return acc if accumulators else y
-        crossover = self._crossover()
+        tail = self.tail if self.tail_path == PATH else self._tail()
         parallel = timed = False
         if PARALLEL is not False and rows * self.work >= PARALLEL_MIN_WORK:
-            if numba.get_num_threads() > 1:
-                parallel = True
-                if PARALLEL == "auto":
-                    parallel_key = (min(rows, 64).bit_length(), lay.key)
-                    parallel, timed = _parallel_chooser.pick(parallel_key)
-        if (parallel, *self.kernel_key) not in _compiled:
-            _ensure(parallel, *self.kernel_key)
+            parallel = True
+            if PARALLEL == "auto":
+                parallel_key = (min(rows, 64).bit_length(), lay.key)
+                parallel, timed = _parallel_chooser.pick(parallel_key)
+        run_kernel = kernel(parallel, self.kernel_key)
         start = time.perf_counter() if timed else 0.0
-        on_counts = (_run_parallel if parallel else _run_serial)(
-            x, *self.neuron, counts, v, lay.pairs,
-            self.blocks() if crossover >= 1.0 else NO_BLOCKS, lay.width, lay.decoding_code,
-            lay.shifts, lay.negative, lay.scale_t, self.bias, crossover,
-            1.0 <= crossover < math.inf, acc, y,
-        )  # fmt: skip
+        on_counts = run_kernel(x, *self.neuron, counts, v, *tail, acc, y)
         if timed:
             _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
         if on_counts < 0:
