@@ -8,6 +8,7 @@ backend sums in float32 in another order, so it is held to the reference within
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -734,6 +735,48 @@ def test_numba_count_path_reads_short_silent_runs_and_skips_long_ones() -> None:
         assert torch.equal(
             numba_backend.linear(layer, counts, v_th), get_backend("reference")(layer, counts, v_th)
         )
+
+
+@needs_numba
+def test_numba_entry_points_get_exactly_their_signature_types(monkeypatch, numba_path) -> None:
+    """The kernels are entered through their compiled entry points, which do not check their
+    arguments (numba's dispatcher would have compiled another version for other types): every
+    call, from every entry (a layer's forward, ``linear``, ``accumulators``, the crossover's
+    measurement), must pass exactly the types of the signature it was compiled for, across the
+    codings, int64 accumulators, float64 scales, 3-D inputs and a spike-cost neuron."""
+    import numba
+
+    from spikelm.backends import numba as numba_backend
+    from spikelm.backends.numba import driver
+
+    real, keys = driver.kernel, set()
+
+    def checked(parallel: bool, key: tuple):
+        entry, signature = real(parallel, key), driver._signature(*key)
+
+        def call(*args):
+            assert tuple(numba.typeof(a) for a in args) == signature
+            keys.add(key)
+            return entry(*args)
+
+        return call
+
+    monkeypatch.setattr(driver, "kernel", checked)
+    monkeypatch.setattr(driver, "PARALLEL_MIN_WORK", 0)  # the parallel kernel too
+    monkeypatch.setattr(driver, "_path_chooser", type(driver._path_chooser)())  # re-measured
+    layers = [_layer(coding, steps, 16) for coding, steps in CODINGS.items()]
+    layers.append(_layer("bitwise_bidirectional", 15, None, n_in=4096, n_out=24))  # int64 acc
+    layers.append(_layer("bitwise_bidirectional", 8, 16).double())  # float64 scales
+    layers[0].spike_cost = 0.5
+    for layer in layers:
+        layer.backend = "numba"
+        x = torch.randn(2, 3, layer.in_features, dtype=layer.weight_scale.dtype)
+        layer(x)
+        counts, v_th = _counts(layer, 3), _thresholds(3)
+        numba_backend.linear(layer, counts, v_th)
+        numba_backend.accumulators(layer, counts)
+    assert {torch.int32, torch.int64} == {acc for acc, _ in keys}
+    assert {np.dtype(np.float32), np.dtype(np.float64)} == {scale for _, scale in keys}
 
 
 @needs_numba
