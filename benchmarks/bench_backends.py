@@ -469,17 +469,24 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
 
 def overhead_section(args, report: Report) -> dict:
     """Per-call time of one layer at batch 1 where the arithmetic is negligible (128 x 128) and
-    at 1024 x 1024: SpikingLinear (numba, the whole neuron + kernel call) vs nn.Linear,
-    F.linear and the int8 dynamic Linear."""
+    at 1024 x 1024: SpikingLinear (numba, the whole neuron + kernel call), its compiled call
+    alone and the cost of entering the kernel with no rows, vs nn.Linear, F.linear and the int8
+    dynamic Linear."""
+    from spikelm.backends.numba import _call as numba_call
+    from spikelm.backends.numba import driver
+
     config = SpikeConfig()
     report(
         "microseconds per call, batch 1, median of 2000 calls (after 200), one thread; "
         "SpikingLinear = the whole spiking layer (threshold, spike counts, integer kernel, "
-        "epilogue, bias) through its forward, numba backend, demo-like input"
+        "epilogue, bias) through its forward, numba backend, demo-like input; 'call' = its "
+        "compiled call alone (numpy in and out: the neuron, the kernel and the epilogue, no "
+        "torch or nn.Module on top); 'entry' = entering that kernel with no rows (unboxing its 25 "
+        "arguments, allocating its plans: the floor of any call through it)"
     )
     header = (
-        f"{'in x out':>11} | {'SpikingLinear':>13} {'nn.Linear':>10} {'F.linear':>9} "
-        f"{'int8 Linear':>11} | {'x F.linear':>10}"
+        f"{'in x out':>11} | {'SpikingLinear':>13} {'call':>6} {'entry':>6} {'nn.Linear':>10} "
+        f"{'F.linear':>9} {'int8 Linear':>11} | {'x F.linear':>10} {'call x F':>8}"
     )
     report(header)
     report("-" * len(header))
@@ -491,8 +498,18 @@ def overhead_section(args, report: Report) -> dict:
             layer = spiking_layer(linear, config, f"{size}x{size}", backend="numba")
             int8 = int8_baseline(nn.Sequential(linear))
             x = torch.randn(1, size)
+            layer(x)
+            bound = numba_call(layer).bound
+            lay = bound.layout
+            kernel = driver.kernel(False, bound.kernel_key)
+            no_rows = (
+                driver.EMPTY_X, *bound.neuron, driver.EMPTY_COUNTS, driver.EMPTY_F64, *bound.tail,
+                driver.EMPTY_ACC[lay.acc_np], driver.EMPTY_Y,
+            )  # fmt: skip
             calls = {
                 "spiking": functools.partial(layer, x),
+                "call": functools.partial(bound, x=x.numpy()),
+                "entry": functools.partial(kernel, *no_rows),
                 "module": functools.partial(linear, x),
                 "functional": functools.partial(F.linear, x, linear.weight, linear.bias),
                 "int8": functools.partial(int8, x),
@@ -509,9 +526,10 @@ def overhead_section(args, report: Report) -> dict:
                     samples.append((time.perf_counter() - start) / 100)
                 med[name] = statistics.median(samples) * 1e6
             report(
-                f"{f'{size}x{size}':>11} | {med['spiking']:>13.1f} {med['module']:>10.1f} "
-                f"{med['functional']:>9.1f} {med['int8']:>11.1f} | "
-                f"{med['spiking'] / med['functional']:>10.2f}"
+                f"{f'{size}x{size}':>11} | {med['spiking']:>13.1f} {med['call']:>6.1f} "
+                f"{med['entry']:>6.1f} {med['module']:>10.1f} {med['functional']:>9.1f} "
+                f"{med['int8']:>11.1f} | {med['spiking'] / med['functional']:>10.2f} "
+                f"{med['call'] / med['functional']:>8.2f}"
             )
             results[size] = med
     return results
@@ -968,9 +986,10 @@ def main() -> None:
         )
     for size, med in overhead.items():
         report(
-            f"per-call time, {size}x{size} batch 1: SpikingLinear {med['spiking']:.1f} us, "
-            f"F.linear {med['functional']:.1f} us, nn.Linear {med['module']:.1f} us, int8 "
-            f"Linear {med['int8']:.1f} us"
+            f"per-call time, {size}x{size} batch 1: SpikingLinear {med['spiking']:.1f} us (its "
+            f"compiled call alone {med['call']:.1f} us, entering the kernel with no rows "
+            f"{med['entry']:.1f} us), F.linear {med['functional']:.1f} us, nn.Linear "
+            f"{med['module']:.1f} us, int8 Linear {med['int8']:.1f} us"
         )
     ann_tps = decode["ANN fp32 (adapter step)"]
     int8_tps = decode["ANN int8 dynamic (adapter step)"]
