@@ -10,13 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-READ_THROUGH = 4096
-"""Bytes: a kernel reads through a gap in its weight stream (silent channels) shorter than
-this rather than skip it; on weights streaming from memory a gap costs more than the bytes it
-saves. Measured on AMD EPYC (Zen 5), demo firing (16% of the channels silent), both ways
-interleaved in one process: the count path is 8-10% faster reading every channel pair than
-skipping each silent one with one thread, 4-7% with two (1024x3072, 1024x5632, 4096x4096)."""
-
 
 class ParallelChooser:
     """Serial or parallel, per problem shape, by measured time (``PARALLEL = "auto"``).
