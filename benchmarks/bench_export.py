@@ -1,5 +1,6 @@
 """Decode speed of the exported spiking demo model in onnxruntime, against spikelm's own backends
-and against the ANN exported to ONNX the same way, in one run.
+and against the ANN exported to ONNX the same way, the fp32 ANN in torch and the same ANN with
+int8 linear layers (torch's dynamic quantization), in one run.
 
     python benchmarks/bench_export.py --out benchmarks/results/bench_export.txt
 
@@ -23,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, emit  # noqa: E402
+from bench_backends import int8_baseline  # noqa: E402
 
 import spikelm  # noqa: E402
 from spikelm.adapters import adapter_for  # noqa: E402
@@ -118,7 +120,10 @@ def main() -> None:
         rows.append((f"spikelm simulate, backend {backend}", best(run, args.reps)))
     rows.append(("torch ANN (the adapter's step, fp32)", best(lambda: torch_decode(ann, prompt,
                                                                                     new), args.reps)))  # fmt: skip
-    ann_ort = rows[1][1]
+    quantized = int8_baseline(ann)
+    rows.append(("torch ANN int8 (dynamic quantization W8A8, same step)",
+                 best(lambda: torch_decode(quantized, prompt, new), args.reps)))  # fmt: skip
+    ann_ort, ann_torch, ann_int8 = rows[1][1], rows[-2][1], rows[-1][1]
     width = max(len(name) for name, _ in rows)
     lines = [
         "bench_export: decode speed of the exported spiking demo model (benchmarks/bench_export.py)",
@@ -126,14 +131,18 @@ def main() -> None:
         f"# demo model (1.1M parameters), SpikingBrain recipe (bitwise_bidirectional, T=8, k=3); "
         f"greedy decode, batch 1: {len(prompt)} prompt tokens fed one by one + {new} new "
         f"({tokens} steps); best of {args.reps} after a warm-up; {args.threads} thread(s); "
-        "the ONNX graph's greedy tokens equal spikelm's",
+        "the ONNX graph's greedy tokens equal spikelm's; 'x ...' = that row's tokens/s over the "
+        "baseline's (the ANN exported to ONNX, the fp32 ANN in torch, the same ANN with int8 "
+        "linear layers: torch's dynamic quantization, fbgemm)",
         "",
-        f"{'path':<{width}}  {'tokens/s':>9}  {'ms/token':>9}  {'x ORT ANN':>9}",
-        "-" * (width + 33),
+        f"{'path':<{width}}  {'tokens/s':>9}  {'ms/token':>9}  {'x ORT ANN':>9}  {'x fp32':>7}  "
+        f"{'x int8':>7}",
+        "-" * (width + 51),
     ]
     for name, seconds in rows:
         lines.append(f"{name:<{width}}  {tokens / seconds:>9.1f}  {1e3 * seconds / tokens:>9.3f}  "
-                     f"{ann_ort / seconds:>8.2f}x")  # fmt: skip
+                     f"{ann_ort / seconds:>8.2f}x  {ann_torch / seconds:>6.2f}x  "
+                     f"{ann_int8 / seconds:>6.2f}x")  # fmt: skip
     emit("\n".join(lines), args.out)
 
 
