@@ -43,7 +43,9 @@
    bytes per token and where a token's time goes: the same decode with every linear layer's
    forward returning its previous output (the rest of the model), and with the numba backend's
    compiled calls writing zeros (the Python around them); the rest plus the compiled calls is
-   what a token would take with no Python around the kernels.
+   what a token would take with no Python around the kernels. The demo model is also decoded
+   with each spiking layer's forward cut to its compiled call (no checks, no backend choice, no
+   statistics): the measured floor of one compiled call per layer.
 4. numba compile / cache-load cost, apart from the timings.
 
 Times are min and median over a few repetitions (``--quick``, the default) or more (``--full``,
@@ -696,6 +698,44 @@ SPLIT_NOTE = (
 )
 
 
+FLOOR_RUN = "spiking numba, compiled calls alone"
+
+
+def _bare_forward(layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
+    """A spiking layer's forward cut down to its serial compiled call on the rows (``_bare``:
+    the entry point and the row-independent arguments, gathered by :func:`floor_decode`): no
+    checks, no backend choice, no statistics, no parallel chooser. What any wrapper around one
+    compiled call per layer costs at least; the same outputs for layers that run serially (all
+    of the demo model's)."""
+    entry, args = layer.__dict__["_bare"]
+    rows = x.reshape(-1, layer.in_features).numpy()
+    y = np.empty((rows.shape[0], layer.out_features), dtype=np.float32)
+    entry(rows, *args, y)
+    return torch.from_numpy(y).view(*x.shape[:-1], layer.out_features)
+
+
+def floor_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
+    """:func:`ann_decode` of a spiking model whose layers' forwards are :func:`_bare_forward`
+    (numba backend, serial calls): the decode speed of one compiled call per layer and nothing
+    else around it but the model's own code (fused members' slices and module calls included)."""
+    from spikelm.backends.numba import _call as numba_call
+    from spikelm.backends.numba import driver
+
+    layers = spiking_layers(on_backend(model, "numba")).values()
+    for layer in layers:
+        bound = numba_call(layer).bound
+        tail = bound.tail if bound.tail_path == driver.PATH else bound._tail()
+        entry = driver.kernel(False, bound.kernel_key)
+        args = (*bound.neuron, driver.EMPTY_COUNTS, driver.EMPTY_F64, *tail, bound.no_acc)
+        layer.__dict__["_bare"] = (entry, args)
+    try:
+        with _replaced([(SpikingLinear, "forward", _bare_forward)]):
+            return ann_decode(model, prompt, new_tokens)
+    finally:
+        for layer in layers:
+            del layer.__dict__["_bare"]
+
+
 def ann_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
     """Greedy decode of the fp32 model with the stepping ``simulate`` uses (the family adapter's
     ``step`` with its named state): (seconds, forward passes)."""
@@ -722,7 +762,10 @@ def decode_section(args, report: Report) -> dict:
     report(
         f"demo model, batch 1, {len(prompt)} prompt + {args.new_tokens} generated tokens "
         f"(greedy), torch threads = 1; {args.decode_reps} rounds, each timing every run once in "
-        "turn; peak = VmHWM after a reset (process-wide RSS, MiB)"
+        "turn; peak = VmHWM after a reset (process-wide RSS, MiB); '" + FLOOR_RUN + "' = the "
+        "adapter step with every spiking layer's forward cut to its serial compiled call (no "
+        "checks, no backend choice, no statistics, arguments gathered before the run): the speed "
+        "of one compiled call per layer with nothing but the model's own code around it"
     )
     quantized = int8_baseline(ann)
     runs = {
@@ -737,6 +780,7 @@ def decode_section(args, report: Report) -> dict:
             runs["spiking numba (adapter step)"] = lambda: ann_decode(
                 on_backend(snn, "numba"), prompt, args.new_tokens
             )
+            runs[FLOOR_RUN] = functools.partial(floor_decode, snn, prompt, args.new_tokens)
     tokens = len(prompt) + args.new_tokens - 1
     report(f"{'run':<34} {'tokens':>6} {'tok/s best':>10} {'tok/s med':>10} {'peak MiB':>9}")
     results = {}
@@ -998,7 +1042,8 @@ def main() -> None:
     report(
         f"whole-model decode (demo, batch 1, same step loop): spiking/numba {spk / ann_tps:.2f}x "
         f"the fp32 ANN's tok/s, {spk / int8_tps:.2f}x the int8 ANN's ({sim / ann_tps:.2f}x the "
-        "fp32 ANN's under simulate)"
+        f"fp32 ANN's under simulate; {decode[FLOOR_RUN] / ann_tps:.2f}x with each layer cut to "
+        "its compiled call, the floor of one compiled call per layer)"
     )
     for name, (ratio, ratio_int8, sim_int8, ratio_same) in wide.items():
         report(

@@ -259,12 +259,13 @@ def _vocab_size(model: nn.Module) -> int:
 
 
 class _Shared:
-    """The fused output of one input, until every member has taken its slice."""
+    """The fused output of one input, split into the members' slices (views), until every member
+    has taken its slice."""
 
-    __slots__ = ("input", "output", "taken", "version")
+    __slots__ = ("input", "slices", "taken", "version")
 
-    def __init__(self, x: torch.Tensor, version: int, output: torch.Tensor) -> None:
-        self.input, self.version, self.output = x, version, output
+    def __init__(self, x: torch.Tensor, version: int, slices: tuple[torch.Tensor, ...]) -> None:
+        self.input, self.version, self.slices = x, version, slices
         self.taken = 0  # bit i: member i has taken its slice
 
 
@@ -324,24 +325,33 @@ class FusedSpikingLinear(SpikingLinear):
     def take(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s output for input ``x``: its slice of the fused output, computed by
         the first member that reads ``x`` and dropped once every member has taken its slice."""
-        version = _version(x)
-        if version is None:  # cannot tell whether x changed in place since: no sharing
-            return self.member_layer(index, probe=self.probe)(x)
         shared, bit = self._shared, 1 << index
-        if (
-            shared is None
-            or shared.input is not x
-            or shared.version != version
-            or shared.taken & bit
-        ):
-            self._hold(None)  # release the old output before computing the new one
-            shared = _Shared(x, version, self(x))
-            self._hold(shared)
+        if shared is None or shared.input is not x or shared.taken & bit:
+            shared = self._compute(x)
+        else:
+            try:
+                changed = shared.version != x._version
+            except RuntimeError:  # an inference tensor keeps no version counter
+                changed = True
+            if changed:
+                shared = self._compute(x)
+        if shared is None:  # cannot tell whether x changes in place later: no sharing
+            return self.member_layer(index, probe=self.probe)(x)
         shared.taken |= bit
         if shared.taken == self._everyone:
-            self._hold(None)
-        start, stop = self.bounds[index]
-        return shared.output.narrow(-1, start, stop - start).contiguous()
+            self.__dict__["_shared"] = None
+        return shared.slices[index].contiguous()  # a view of one row is contiguous already
+
+    def _compute(self, x: torch.Tensor) -> _Shared | None:
+        """The fused output of ``x``, held for the members; ``None`` (nothing computed) when ``x``
+        keeps no version counter."""
+        self._hold(None)  # release the old output before computing the new one
+        version = _version(x)
+        if version is None:
+            return None
+        shared = _Shared(x, version, self(x).split(self.splits, -1))
+        self._hold(shared)
+        return shared
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .float(), ...: new buffers
         self._hold(None)

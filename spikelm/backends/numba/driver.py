@@ -182,7 +182,7 @@ def _run_serial(
 
 _ACC_TYPES = {torch.int32: numba.int32, torch.int64: numba.int64}
 _compile_seconds = 0.0
-_kernels: dict = {}  # (parallel, accumulator dtype, scale dtype): compiled entry point
+_kernels: tuple[dict, dict] = ({}, {})  # [parallel][(accumulator dtype, scale dtype)]: entry
 _parallel_chooser = ParallelChooser()
 _path_chooser = PathChooser()
 
@@ -213,13 +213,13 @@ def kernel(parallel: bool, key: tuple[torch.dtype, np.dtype]) -> Callable[..., i
     when a large model's weights have pushed Python's objects out of the caches), so its
     arguments must have the signature's types (:func:`_signature`)."""
     global _compile_seconds
-    entry = _kernels.get((parallel, *key))
+    entry = _kernels[parallel].get(key)
     if entry is None:
         start = time.perf_counter()
         dispatcher = _run_parallel if parallel else _run_serial
         signature = _signature(*key)
         dispatcher.compile(signature)
-        entry = _kernels[(parallel, *key)] = dispatcher.overloads[signature].entry_point
+        entry = _kernels[parallel][key] = dispatcher.overloads[signature].entry_point
         _compile_seconds += time.perf_counter() - start
     return entry
 
@@ -336,7 +336,10 @@ class Bound:
     point (:func:`kernel`), so a call costs little more than the kernel's own work.
     """
 
-    __slots__ = ("bias", "blocks", "kernel_key", "layout", "neuron", "tail", "tail_path", "work")
+    __slots__ = (
+        "bias", "blocks", "kernel_key", "layout", "neuron", "no_acc", "out", "tail", "tail_path",
+        "work",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -348,6 +351,7 @@ class Bound:
         self.layout, self.blocks, self.bias = lay, blocks, bias
         self.neuron = neuron.arguments()
         self.work = lay.in_features * lay.out_features  # column updates per row, at most
+        self.out, self.no_acc = lay.out_features, EMPTY_ACC[lay.acc_np]
         self.kernel_key = (lay.acc_dtype, lay.scale_t.dtype)
         self.tail: tuple = ()  # the kernel's arguments after ``v`` but for acc and y
         self.tail_path: str | None = None  # the PATH they were gathered for
@@ -380,26 +384,19 @@ class Bound:
         check them. The event kernel's weights (``blocks()``) are asked for only when a row may
         take that path.
         """
-        rows = max(x.shape[0], counts.shape[0])
-        lay = self.layout
+        rows = x.shape[0] or counts.shape[0]
         if accumulators:
-            acc, y = np.empty((rows, lay.groups, lay.out_features), dtype=lay.acc_np), EMPTY_Y
+            lay = self.layout
+            acc, y = np.empty((rows, lay.groups, self.out), dtype=lay.acc_np), EMPTY_Y
         else:
-            acc, y = EMPTY_ACC[lay.acc_np], np.empty((rows, lay.out_features), dtype=np.float32)
+            acc, y = self.no_acc, np.empty((rows, self.out), dtype=np.float32)
         if rows == 0:
             return acc if accumulators else y
         tail = self.tail if self.tail_path == PATH else self._tail()
-        parallel = timed = False
-        if PARALLEL is not False and rows * self.work >= PARALLEL_MIN_WORK:
-            parallel = True
-            if PARALLEL == "auto":
-                parallel_key = (min(rows, 64).bit_length(), lay.key)
-                parallel, timed = _parallel_chooser.pick(parallel_key)
-        run_kernel = kernel(parallel, self.kernel_key)
-        start = time.perf_counter() if timed else 0.0
-        on_counts = run_kernel(x, *self.neuron, counts, v, *tail, acc, y)
-        if timed:
-            _parallel_chooser.record(parallel_key, parallel, time.perf_counter() - start)
+        if PARALLEL is False or rows * self.work < PARALLEL_MIN_WORK:
+            on_counts = kernel(False, self.kernel_key)(x, *self.neuron, counts, v, *tail, acc, y)
+        else:
+            on_counts = self._parallel(rows, x, counts, v, tail, acc, y)
         if on_counts < 0:
             return None
         if on_counts:
@@ -407,6 +404,19 @@ class Bound:
         if on_counts < rows:
             ran("numba.events", rows - on_counts)
         return acc if accumulators else y
+
+    def _parallel(self, rows: int, x, counts, v, tail: tuple, acc, y) -> int:
+        """A call large enough for the parallel kernel: run it, the serial one, or (``"auto"``)
+        the one the chooser picks for this problem shape, timing it while the chooser learns."""
+        parallel, timed = True, False
+        if PARALLEL == "auto":
+            key = (min(rows, 64).bit_length(), self.layout.key)
+            parallel, timed = _parallel_chooser.pick(key)
+        start = time.perf_counter() if timed else 0.0
+        on_counts = kernel(parallel, self.kernel_key)(x, *self.neuron, counts, v, *tail, acc, y)
+        if timed:
+            _parallel_chooser.record(key, parallel, time.perf_counter() - start)
+        return on_counts
 
 
 def run(
