@@ -49,7 +49,9 @@
 4. numba compile / cache-load cost, apart from the timings.
 
 Times are min and median over a few repetitions (``--quick``, the default) or more (``--full``,
-what is committed); every ratio uses baselines measured in the same run.
+what is committed); every ratio uses baselines measured in the same run, and in section 1's
+``cold`` rows the count path and the baselines are timed interleaved, call by call
+(:func:`timeit_rounds`).
 
     python benchmarks/bench_backends.py --full --out benchmarks/results/bench_backends.txt
 """
@@ -62,6 +64,7 @@ import copy
 import functools
 import itertools
 import os
+import random
 import statistics
 import sys
 import time
@@ -156,6 +159,38 @@ def timeit(
         fn()
         times.append(time.perf_counter() - start)
         spent += times[-1]
+    return times
+
+
+def timeit_rounds(
+    fns: dict[str, Callable[[], object]],
+    reps: int,
+    budget: float,
+    before: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``, measured in rounds: one warm-up call each, then up
+    to ``reps`` rounds (at least two; fewer once ``budget`` seconds per function are spent), each
+    calling every function once in a shuffled order (seeded: each follows each of the others in
+    turn), ``before`` ahead of every call outside the timing. Interleaved, every function sees the machine's drift alike (the
+    load of other jobs, and with ``before`` = :func:`flush_caches` the state the previous call
+    and the flush leave: timed in blocks instead, the cold int8 baseline moved 1.5x between two
+    runs of the same script)."""
+    names = list(fns)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    spent, order = 0.0, random.Random(0)
+    for turn in range(reps):
+        if turn >= 2 and spent >= budget * len(names):
+            break
+        order.shuffle(names)
+        for name in names:
+            if before is not None:
+                before()
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
     return times
 
 
@@ -334,7 +369,10 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
     gen = torch.Generator().manual_seed(0)
     key: dict = {}
     report(
-        "times in ms, min/median, every column from the float input x of the layer (the spiking "
+        "times in ms, min/median, each column timed in a block of calls, but in the 'cold' rows "
+        "the count path, its compiled call ('call'), dense, int8 and SpikingJelly are timed "
+        "interleaved (each round flushes the caches before each of them, in a shuffled order); "
+        "every column from the float input x of the layer (the spiking "
         "layer's forward: neuron, kernel, epilogue, bias; static threshold V = 0.01 and "
         "x = counts x V, so the neuron fires exactly the sampled counts) on the numba backend's "
         "two exact paths (bit-identical outputs): 'counts' = count-domain W_q n, 'events' = "
@@ -409,28 +447,37 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 reps, budget = args.reps, args.budget
                 times = {}
                 with torch.no_grad():
-                    for path in ("counts", "events"):
+                    for path in ("events", "counts"):
                         with numba_path(path):
                             for _ in range(10):  # PARALLEL="auto" times both kernels first
                                 for layer in layers:
                                     layer(x)
                             run = rotate([functools.partial(f, x) for f in layers])
-                            times[path] = timeit(run, reps, budget, before=cold)
-                            if path == "counts":  # the compiled call alone, no torch on top
-                                rows = x.numpy()
-                                run = rotate(
+                            if path == "events":
+                                times[path] = timeit(run, reps, budget, before=cold)
+                                continue
+                            # the fastest path and the baselines interleaved, call by call
+                            rows = x.numpy()
+                            fns = {
+                                "counts": run,
+                                "call": rotate(  # the compiled call alone, no torch on top
                                     [functools.partial(numba_call(f).bound, x=rows) for f in layers]
-                                )
-                                t_call = timeit(run, reps, budget, before=cold)
-                    run = rotate([functools.partial(F.linear, x, w) for w in weights])
-                    t_dense = timeit(run, reps, budget, before=cold)
-                    run = rotate([functools.partial(f, x) for f in int8s])
-                    t_int8 = timeit(run, reps, budget, before=cold)
-                    t_sj = None
-                    if sj_run is not None and not stream:
-                        scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
-                        xs = x / scale
-                        t_sj = timeit(lambda f=sj_run, a=xs: f(a), reps, budget, before=cold)
+                                ),
+                                "dense": rotate(
+                                    [functools.partial(F.linear, x, w) for w in weights]
+                                ),
+                                "int8": rotate([functools.partial(f, x) for f in int8s]),
+                            }
+                            if sj_run is not None and not stream:
+                                scale = x.abs().max().clamp(min=1e-12)  # activation -> IF V=1
+                                fns["sj"] = functools.partial(sj_run, x / scale)
+                            if cold:  # each call from flushed caches: interleave them
+                                rounds = timeit_rounds(fns, reps, budget, before=cold)
+                            else:  # warm or streaming: each in its own block, as it repeats
+                                rounds = {n: timeit(f, reps, budget) for n, f in fns.items()}
+                    times["counts"] = rounds["counts"]
+                    t_call, t_dense, t_int8 = rounds["call"], rounds["dense"], rounds["int8"]
+                    t_sj = rounds.get("sj")
                 med = {path: statistics.median(t) for path, t in times.items()}
                 best = min(med.values())
                 x_dense = statistics.median(t_dense) / best
