@@ -326,29 +326,27 @@ class FusedSpikingLinear(SpikingLinear):
         """Member ``index``'s output for input ``x``: its slice of the fused output, computed by
         the first member that reads ``x`` and dropped once every member has taken its slice."""
         shared, bit = self._shared, 1 << index
-        if shared is None or shared.input is not x or shared.taken & bit:
+        if (
+            shared is None
+            or shared.input is not x
+            or shared.taken & bit
+            or shared.version != x._version  # x is the held input: it has a version counter
+        ):
             shared = self._compute(x)
-        else:
-            try:
-                changed = shared.version != x._version
-            except RuntimeError:  # an inference tensor keeps no version counter
-                changed = True
-            if changed:
-                shared = self._compute(x)
         if shared is None:  # cannot tell whether x changes in place later: no sharing
             return self.member_layer(index, probe=self.probe)(x)
         shared.taken |= bit
         if shared.taken == self._everyone:
-            self.__dict__["_shared"] = None
+            self._hold(None)
         return shared.slices[index].contiguous()  # a view of one row is contiguous already
 
     def _compute(self, x: torch.Tensor) -> _Shared | None:
         """The fused output of ``x``, held for the members; ``None`` (nothing computed) when ``x``
         keeps no version counter."""
-        self._hold(None)  # release the old output before computing the new one
         version = _version(x)
         if version is None:
             return None
+        self._hold(None)  # release the old output before computing the new one
         shared = _Shared(x, version, self(x).split(self.splits, -1))
         self._hold(shared)
         return shared
