@@ -50,8 +50,7 @@
 
 Times are min and median over a few repetitions (``--quick``, the default) or more (``--full``,
 what is committed); every ratio uses baselines measured in the same run, and in section 1's
-``cold`` rows the count path and the baselines are timed interleaved, call by call
-(:func:`timeit_rounds`).
+``cold`` rows every column is timed interleaved, call by call (:func:`timeit_rounds`).
 
     python benchmarks/bench_backends.py --full --out benchmarks/results/bench_backends.txt
 """
@@ -167,30 +166,39 @@ def timeit_rounds(
     reps: int,
     budget: float,
     before: Callable[[], None] | None = None,
+    paths: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``fns``, measured in rounds: one warm-up call each, then up
     to ``reps`` rounds (at least two; fewer once ``budget`` seconds per function are spent), each
     calling every function once in a shuffled order (seeded: each follows each of the others in
-    turn), ``before`` ahead of every call outside the timing. Interleaved, every function sees the machine's drift alike (the
+    turn), ``before`` ahead of every call outside the timing, and the numba backend's path set
+    to ``paths[name]`` (``"auto"`` for a function not named there) for each call. Interleaved, every function sees the machine's drift alike (the
     load of other jobs, and with ``before`` = :func:`flush_caches` the state the previous call
     and the flush leave: timed in blocks instead, the cold int8 baseline moved 1.5x between two
     runs of the same script)."""
-    names = list(fns)
-    for fn in fns.values():
-        fn()
+    from spikelm.backends.numba import driver
+
+    names, paths, previous = list(fns), paths or {}, driver.PATH
     times: dict[str, list[float]] = {name: [] for name in names}
     spent, order = 0.0, random.Random(0)
-    for turn in range(reps):
-        if turn >= 2 and spent >= budget * len(names):
-            break
-        order.shuffle(names)
+    try:
         for name in names:
-            if before is not None:
-                before()
-            start = time.perf_counter()
+            driver.PATH = paths.get(name, "auto")
             fns[name]()
-            times[name].append(time.perf_counter() - start)
-            spent += times[name][-1]
+        for turn in range(reps):
+            if turn >= 2 and spent >= budget * len(names):
+                break
+            order.shuffle(names)
+            for name in names:
+                driver.PATH = paths.get(name, "auto")
+                if before is not None:
+                    before()
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
+                spent += times[name][-1]
+    finally:
+        driver.PATH = previous
     return times
 
 
@@ -370,8 +378,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
     key: dict = {}
     report(
         "times in ms, min/median, each column timed in a block of calls, but in the 'cold' rows "
-        "the count path, its compiled call ('call'), dense, int8 and SpikingJelly are timed "
-        "interleaved (each round flushes the caches before each of them, in a shuffled order); "
+        "all of them interleaved (each round flushes the caches before each column's call, in a "
+        "shuffled order; the event path on its own copy of the layer); "
         "every column from the float input x of the layer (the spiking "
         "layer's forward: neuron, kernel, epilogue, bias; static threshold V = 0.01 and "
         "x = counts x V, so the neuron fires exactly the sampled counts) on the numba backend's "
@@ -416,6 +424,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
             return layer, layer.dequantized_weight(), int8_baseline(nn.Sequential(linear))
 
         single, streamed = [make(0)], []  # the stream row's copies: built when first needed
+        twin: list = []  # the cold rows' event-path copy of the layer: built when first needed
         sj_run = make_sj(single[0][1], config.steps) if make_sj else None
         report()
         report(header)
@@ -445,39 +454,40 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 pairs = listed_pairs(counts.to(torch.int64).numpy(), width)  # count path reads
                 spars = 1.0 - events / (batch * in_f * config.steps)
                 reps, budget = args.reps, args.budget
-                times = {}
+                # the event path runs its own copy of the layer in the cold rows, which time
+                # every column interleaved: each layer keeps the arguments of one path
+                if cold and not twin:
+                    twin.append(make(0)[0])
+                path_layers = {"counts": layers, "events": twin if cold else layers}
                 with torch.no_grad():
-                    for path in ("events", "counts"):
+                    for path, runs in path_layers.items():
                         with numba_path(path):
                             for _ in range(10):  # PARALLEL="auto" times both kernels first
-                                for layer in layers:
+                                for layer in runs:
                                     layer(x)
-                            run = rotate([functools.partial(f, x) for f in layers])
-                            if path == "events":
-                                times[path] = timeit(run, reps, budget, before=cold)
-                                continue
-                            # the fastest path and the baselines interleaved, call by call
-                            rows = x.numpy()
-                            fns = {
-                                "counts": run,
-                                "call": rotate(  # the compiled call alone, no torch on top
-                                    [functools.partial(numba_call(f).bound, x=rows) for f in layers]
-                                ),
-                                "dense": rotate(
-                                    [functools.partial(F.linear, x, w) for w in weights]
-                                ),
-                                "int8": rotate([functools.partial(f, x) for f in int8s]),
-                            }
-                            if sj_run is not None and not stream:
-                                scale = x.abs().max().clamp(min=1e-12)  # activation -> IF V=1
-                                fns["sj"] = functools.partial(sj_run, x / scale)
-                            if cold:  # each call from flushed caches: interleave them
-                                rounds = timeit_rounds(fns, reps, budget, before=cold)
-                            else:  # warm or streaming: each in its own block, as it repeats
-                                rounds = {n: timeit(f, reps, budget) for n, f in fns.items()}
-                    times["counts"] = rounds["counts"]
-                    t_call, t_dense, t_int8 = rounds["call"], rounds["dense"], rounds["int8"]
-                    t_sj = rounds.get("sj")
+                    rows = x.numpy()
+                    fns = {
+                        "counts": rotate([functools.partial(f, x) for f in layers]),
+                        "events": rotate([functools.partial(f, x) for f in path_layers["events"]]),
+                        "call": rotate(  # the compiled call alone, no torch on top
+                            [functools.partial(numba_call(f).bound, x=rows) for f in layers]
+                        ),
+                        "dense": rotate([functools.partial(F.linear, x, w) for w in weights]),
+                        "int8": rotate([functools.partial(f, x) for f in int8s]),
+                    }
+                    if sj_run is not None and not stream:
+                        scale = x.abs().max().clamp(min=1e-12)  # activation -> IF threshold 1
+                        fns["sj"] = functools.partial(sj_run, x / scale)
+                    paths = {"counts": "counts", "events": "events", "call": "counts"}
+                    if cold:  # each call from flushed caches: every column interleaved
+                        times = timeit_rounds(fns, reps, budget, before=cold, paths=paths)
+                    else:  # warm or streaming: each column in its own block, as it repeats
+                        times = {}
+                        for name, fn in fns.items():
+                            with numba_path(paths.get(name, "auto")):
+                                times[name] = timeit(fn, reps, budget)
+                t_call, t_dense, t_int8 = times.pop("call"), times.pop("dense"), times.pop("int8")
+                t_sj = times.pop("sj", None)
                 med = {path: statistics.median(t) for path, t in times.items()}
                 best = min(med.values())
                 x_dense = statistics.median(t_dense) / best
