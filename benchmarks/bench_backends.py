@@ -396,7 +396,9 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
         f"{SKIP_RUN} or more silent ones: a gap in the stream costs more than it saves), 'e' "
         "the event path (the active channels' columns), 'q' "
         "int8 (every weight); 'ev/s%' = the event path's events/s over the event bound (copy "
-        "bandwidth / out bytes: each event reading one int8 weight column from memory)"
+        "bandwidth / out bytes: each event reading one int8 weight column from memory), the "
+        "event kernel timed alone (in the cold rows a block of its own calls besides the "
+        "interleaved one: the key ratios give both)"
     )
     report(
         "'cold' rows: demo counts with every cache flushed (64 MiB written) before each timed "
@@ -481,11 +483,14 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     paths = {"counts": "counts", "events": "events", "call": "counts"}
                     if cold:  # each call from flushed caches: every column interleaved
                         times = timeit_rounds(fns, reps, budget, before=cold, paths=paths)
+                        with numba_path("events"):  # and the event kernel alone, in a block
+                            alone = timeit(fns["events"], reps, budget, before=cold)
                     else:  # warm or streaming: each column in its own block, as it repeats
                         times = {}
                         for name, fn in fns.items():
                             with numba_path(paths.get(name, "auto")):
                                 times[name] = timeit(fn, reps, budget)
+                        alone = times["events"]
                 t_call, t_dense, t_int8 = times.pop("call"), times.pop("dense"), times.pop("int8")
                 t_sj = times.pop("sj", None)
                 med = {path: statistics.median(t) for path, t in times.items()}
@@ -498,7 +503,8 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                 # the event path its active channels' columns, int8 every weight
                 bound = active * out_f / read_bw
                 bound_c, bound_q = 2 * pairs * out_f / read_bw, in_f * out_f / read_bw
-                event_rate = events / med["events"] / (copy_bw / out_f)
+                event_rate = events / statistics.median(alone) / (copy_bw / out_f)
+                mixed_rate = events / med["events"] / (copy_bw / out_f)
                 report(
                     f"{f'{in_f}x{out_f}':>11} {batch:>2} {label:>6} {spars:>6.1%} "
                     f"{events / batch:>7.0f} | {fmt_ms(times['counts']):>13} "
@@ -518,6 +524,7 @@ def layer_section(args, report: Report, pool: torch.Tensor, read_bw: float, copy
                     "bw_events": bound / med["events"],
                     "bw_int8": bound_q / statistics.median(t_int8),
                     "event_rate": event_rate,
+                    "mixed_rate": mixed_rate,
                     "faster": min(med, key=med.get),
                     "mb": active * out_f / batch / 1e6,
                     "mb_pairs": 2 * pairs * out_f / batch / 1e6,
@@ -1074,6 +1081,9 @@ def main() -> None:
     ):
         k = key[(4096, 4096, 1, label)]
         sj = "" if label == "stream" else f", {k['x_sj']:.2f}x that of SpikingJelly"
+        mixed = (
+            f"; {k['mixed_rate']:.0%} timed interleaved with the rest" if label == "cold" else ""
+        )
         report(
             f"4096x4096, batch 1, demo firing, {what}: fastest exact path ({k['faster']}) "
             f"{k['x_dense']:.2f}x the speed of dense F.linear, {k['x_int8']:.2f}x that of int8 "
@@ -1082,7 +1092,7 @@ def main() -> None:
             f"{k['mb_int8']:.1f} MB; read bound ({read_bw / 1e9:.1f} GB/s) reached: count path "
             f"{k['bw_counts']:.0%}, event path {k['bw_events']:.0%}, int8 {k['bw_int8']:.0%}; "
             f"event path {k['event_rate']:.0%} of the event bound (one column per event at "
-            f"{bandwidth / 1e9:.1f} GB/s); the compiled call alone {k['call_ms']:.3f} ms, "
+            f"{bandwidth / 1e9:.1f} GB/s{mixed}); the compiled call alone {k['call_ms']:.3f} ms, "
             f"{k['call_int8']:.2f}x the speed of int8"
         )
     for size, med in overhead.items():
