@@ -172,10 +172,10 @@ def timeit_rounds(
     to ``reps`` rounds (at least two; fewer once ``budget`` seconds per function are spent), each
     calling every function once in a shuffled order (seeded: each follows each of the others in
     turn), ``before`` ahead of every call outside the timing, and the numba backend's path set
-    to ``paths[name]`` (``"auto"`` for a function not named there) for each call. Interleaved, every function sees the machine's drift alike (the
-    load of other jobs, and with ``before`` = :func:`flush_caches` the state the previous call
-    and the flush leave: timed in blocks instead, the cold int8 baseline moved 1.5x between two
-    runs of the same script)."""
+    to ``paths[name]`` (``"auto"`` for a function not named there) for each call. Interleaved,
+    every function sees the machine's drift alike (the load of other jobs, and with ``before``
+    = :func:`flush_caches` the state the previous call and the flush leave: timed in blocks
+    instead, the cold int8 baseline moved 1.5x between two runs of the same script)."""
     from spikelm.backends.numba import driver
 
     names, paths, previous = list(fns), paths or {}, driver.PATH
@@ -566,12 +566,8 @@ def overhead_section(args, report: Report) -> dict:
             x = torch.randn(1, size)
             layer(x)
             bound = numba_call(layer).bound
-            lay = bound.layout
             kernel = driver.kernel(False, bound.kernel_key)
-            no_rows = (
-                driver.EMPTY_X, *bound.neuron, driver.EMPTY_COUNTS, driver.EMPTY_F64, *bound.tail,
-                driver.EMPTY_ACC[lay.acc_np], driver.EMPTY_Y,
-            )  # fmt: skip
+            no_rows = (driver.EMPTY_X, *bound.arguments(), driver.EMPTY_Y)
             calls = {
                 "spiking": functools.partial(layer, x),
                 "call": functools.partial(bound, x=x.numpy()),
@@ -788,10 +784,7 @@ def floor_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tup
     layers = spiking_layers(on_backend(model, "numba")).values()
     for layer in layers:
         bound = numba_call(layer).bound
-        tail = bound.tail if bound.tail_path == driver.PATH else bound._tail()
-        entry = driver.kernel(False, bound.kernel_key)
-        args = (*bound.neuron, driver.EMPTY_COUNTS, driver.EMPTY_F64, *tail, bound.no_acc)
-        layer.__dict__["_bare"] = (entry, args)
+        layer.__dict__["_bare"] = (driver.kernel(False, bound.kernel_key), bound.arguments())
     try:
         with _replaced([(SpikingLinear, "forward", _bare_forward)]):
             return ann_decode(model, prompt, new_tokens)

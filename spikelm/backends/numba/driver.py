@@ -405,6 +405,14 @@ class Bound:
             ran("numba.events", rows - on_counts)
         return acc if accumulators else y
 
+    def arguments(self) -> tuple:
+        """The kernel's arguments between ``x`` and ``y`` for a call from float rows whose counts
+        and thresholds the kernel keeps, outputs with bias: what entering :func:`kernel`'s entry
+        point directly takes (``entry(x, *bound.arguments(), y)``), gathered for the current
+        :data:`PATH`."""
+        tail = self.tail if self.tail_path == PATH else self._tail()
+        return (*self.neuron, EMPTY_COUNTS, EMPTY_F64, *tail, self.no_acc)
+
     def _parallel(self, rows: int, x, counts, v, tail: tuple, acc, y) -> int:
         """A call large enough for the parallel kernel: run it, the serial one, or (``"auto"``)
         the one the chooser picks for this problem shape, timing it while the chooser learns."""
